@@ -1,0 +1,105 @@
+"""Decoding audio files into mono float waveforms at one sample rate (ground floor).
+
+soundfile (libsndfile) reads WAV, FLAC, OGG and MP3; torchaudio resamples. Used when a
+corpus is prepared and when a trained model embeds files directly, so both see the same
+decoded signal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+
+
+class AudioError(ValueError):
+    """A file that cannot be used as speech; the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode ``path`` to float32 ``[samples, channels]`` and its native rate.
+
+    Raises :class:`AudioError` for a missing, unreadable, non-audio or empty file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # libsndfile reports many formats of failure
+        raise AudioError(path, f"unreadable as audio ({err}); is it really a {path.suffix or 'sound'} file?") from err
+    if data.shape[0] == 0:
+        raise AudioError(path, "contains no samples")
+    if not np.isfinite(data).all():
+        raise AudioError(path, "contains NaN or infinite samples")
+    return data, int(rate)
+
+
+def to_mono(data: np.ndarray) -> np.ndarray:
+    """Average the channels of ``[samples, channels]`` into ``[samples]``."""
+    return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+
+
+def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Band-limited resampling with torchaudio (sinc interpolation, Hann window)."""
+    if orig_rate == new_rate:
+        return wave
+    out = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(wave)), orig_rate, new_rate)
+    return out.numpy()
+
+
+def normalize_volume(wave: np.ndarray, peak: float = 0.95) -> np.ndarray:
+    """Scale so that the largest absolute sample is ``peak`` (seed 002, §2.1)."""
+    top = float(np.abs(wave).max()) if wave.size else 0.0
+    return wave if top == 0.0 else wave * (peak / top)
+
+
+def trim_silence(wave: np.ndarray, sample_rate: int, threshold_db: float = -40.0, frame_ms: float = 25.0,
+                 margin_ms: float = 100.0) -> np.ndarray:
+    """Energy-based silence removal (seed 002, §2.1).
+
+    Frames whose RMS is more than ``threshold_db`` below the loudest frame are silence;
+    runs of silence longer than twice ``margin_ms`` are cut, keeping ``margin_ms`` of
+    context on each side of speech. Returns the input unchanged if nothing is speech.
+    """
+    frame = max(int(sample_rate * frame_ms / 1000), 1)
+    n = len(wave) // frame
+    if n < 2:
+        return wave
+    frames = wave[: n * frame].reshape(n, frame)
+    rms_db = 10.0 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
+    speech = rms_db > rms_db.max() + threshold_db
+    if not speech.any():
+        return wave
+    margin = int(np.ceil(margin_ms / frame_ms))
+    keep = np.zeros(n, dtype=bool)
+    for i in np.flatnonzero(speech):
+        keep[max(i - margin, 0): i + margin + 1] = True
+    keep_samples = np.repeat(keep, frame)
+    tail = wave[n * frame:] if keep[-1] else wave[:0]
+    return np.concatenate([wave[: n * frame][keep_samples], tail])
+
+
+def load_audio(path: str | Path, sample_rate: int, normalize: bool = False, trim: bool = False) -> tuple[np.ndarray, int]:
+    """Decode, mix to mono and resample ``path``; returns the float32 waveform and the file's own rate."""
+    data, rate = read_audio(path)
+    wave = resample(to_mono(data), rate, sample_rate)
+    if trim:
+        wave = trim_silence(wave, sample_rate)
+    if normalize:
+        wave = normalize_volume(wave)
+    if wave.size == 0:
+        raise AudioError(path, "nothing left after silence trimming")
+    return np.ascontiguousarray(wave, dtype=np.float32), rate

@@ -1,0 +1,349 @@
+"""The prepared-corpus HDF5 file: its writer and its reader.
+
+Layout (schema version 1)::
+
+    /audio                    int16  [total_samples]  PCM at attrs["sample_rate"], utterances concatenated
+    /offsets                  int64  [N + 1]          utterance i is audio[offsets[i]:offsets[i + 1]]
+    /speaker                  int32  [N]              index into attrs["speakers"]; -1 = no speaker (noise)
+    /utt_id /path /transcript /session   str [N]      ("" where unknown)
+    /duration                 float32 [N]             seconds
+    /splits/<mode>/<part>     int64                   mode: utterance | speaker; part: train | val | test
+    /splits/noise             int64                   clips without a speaker (e.g. background noise)
+    /trials/<mode>/<part>/pairs   int64 [M, 3]        (enrol, test, label)
+    /trials/<mode>/<part>/ident   int64 [A, 101]      (anchor, positive, 99 negatives)
+    /features/<key>/data      float32 [frames, dim]   cached frontend output (speakerzoo.features)
+    /features/<key>/offsets   int64 [N + 1]
+
+    attrs: format, schema_version, sample_rate, speakers (JSON), settings (JSON), created,
+           speakerzoo_version, complete
+
+The writer works on a temporary name beside the target and renames it only after
+``complete`` is set, so an interrupted run never leaves a half file under the real name
+and never destroys an earlier corpus. The reader opens the file lazily and read-only in
+each process (h5py handles cannot cross a fork) and refuses incomplete files with a
+message that says how to rebuild them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from speakerzoo import __version__
+from speakerzoo.datamodules import splits as splitting
+from speakerzoo.features import FeatureConfig, Frontend
+
+FORMAT = "speakerzoo-corpus"
+SCHEMA_VERSION = 1
+_STR = h5py.string_dtype()
+_TEXT_FIELDS = ("utt_id", "path", "transcript", "session")
+
+
+class CorpusError(RuntimeError):
+    """A corpus file that cannot be used; the message names the file and the fix."""
+
+
+def to_pcm16(wave: np.ndarray) -> np.ndarray:
+    """Float waveform in [-1, 1] to int16 PCM (clipped, rounded)."""
+    return np.clip(np.round(np.asarray(wave, dtype=np.float32) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def from_pcm16(pcm: np.ndarray) -> np.ndarray:
+    return pcm.astype(np.float32) / 32768.0
+
+
+class CorpusWriter:
+    """Writes one corpus file; use as a context manager.
+
+    Example::
+
+        with CorpusWriter("corpus.h5", sample_rate=16000, settings={"source": "..."}) as w:
+            w.add(wave, speaker="alice", utt_id="alice/1", path="a/1.wav")
+            ...
+            w.finish(features=["fbank80"], seed=0)
+
+    Leaving the block without :meth:`finish` (an error, Ctrl-C) removes the temporary
+    file and leaves any existing file at ``path`` untouched.
+    """
+
+    def __init__(self, path: str | Path, sample_rate: int, settings: dict[str, Any] | None = None):
+        self.path = Path(path)
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self.sample_rate = int(sample_rate)
+        self.settings = dict(settings or {})
+        self._h5 = h5py.File(self.tmp, "w")
+        self._audio = self._h5.create_dataset("audio", shape=(0,), maxshape=(None,), dtype=np.int16, chunks=(1 << 16,))
+        self._offsets = [0]
+        self._speaker_names: list[str] = []
+        self._speaker_index: dict[str, int] = {}
+        self._speaker: list[int] = []
+        self._text: dict[str, list[str]] = {k: [] for k in _TEXT_FIELDS}
+        self._pending: list[np.ndarray] = []
+        self._pending_len = 0
+        self._finished = False
+
+    def __enter__(self) -> "CorpusWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._finished:
+            self.abort()
+
+    def __len__(self) -> int:
+        return len(self._speaker)
+
+    def add(self, wave: np.ndarray, speaker: str | None, utt_id: str, path: str = "", transcript: str = "",
+            session: str = "") -> int:
+        """Append one utterance (float waveform at the corpus rate); ``speaker=None`` for noise clips."""
+        pcm = to_pcm16(wave)
+        if pcm.size == 0:
+            raise ValueError(f"{path or utt_id}: empty waveform")
+        if speaker is None:
+            spk = -1
+        else:
+            spk = self._speaker_index.setdefault(speaker, len(self._speaker_names))
+            if spk == len(self._speaker_names):
+                self._speaker_names.append(speaker)
+        self._speaker.append(spk)
+        for key, value in zip(_TEXT_FIELDS, (utt_id, path, transcript, session)):
+            self._text[key].append(value or "")
+        self._offsets.append(self._offsets[-1] + pcm.size)
+        self._pending.append(pcm)
+        self._pending_len += pcm.size
+        if self._pending_len > (1 << 22):
+            self._flush()
+        return len(self._speaker) - 1
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        block = np.concatenate(self._pending)
+        start = self._audio.shape[0]
+        self._audio.resize((start + block.size,))
+        self._audio[start:] = block
+        self._pending, self._pending_len = [], 0
+
+    def finish(self, features: Iterable[str | FeatureConfig | dict] = (), ratios=(0.7, 0.15, 0.15), seed: int = 0,
+               max_trial_anchors: int | None = 2000, progress: bool = True) -> Path:
+        """Write the index, splits, trials and cached features, then rename into place."""
+        self._flush()
+        if not self._speaker:
+            raise CorpusError(f"{self.path}: no utterances were added; nothing to write")
+        h5 = self._h5
+        offsets = np.asarray(self._offsets, dtype=np.int64)
+        speaker = np.asarray(self._speaker, dtype=np.int32)
+        h5["offsets"] = offsets
+        h5["speaker"] = speaker
+        for key, values in self._text.items():
+            h5.create_dataset(key, data=np.asarray(values, dtype=object), dtype=_STR)
+        h5["duration"] = (np.diff(offsets) / self.sample_rate).astype(np.float32)
+        h5.create_dataset("splits/noise", data=np.flatnonzero(speaker < 0).astype(np.int64))
+        for mode, split_fn in (("utterance", splitting.split_by_utterance), ("speaker", splitting.split_by_speaker)):
+            parts = split_fn(speaker, ratios=ratios, seed=seed)
+            for part, idx in parts.items():
+                h5.create_dataset(f"splits/{mode}/{part}", data=idx)
+                if part == "train":
+                    continue
+                pairs, ident = splitting.make_trials(speaker, idx, seed=seed, max_anchors=max_trial_anchors)
+                h5.create_dataset(f"trials/{mode}/{part}/pairs", data=pairs)
+                h5.create_dataset(f"trials/{mode}/{part}/ident", data=ident)
+        for spec in features:
+            self._write_features(FeatureConfig.parse(spec), offsets, progress)
+        h5.attrs.update({
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "sample_rate": self.sample_rate,
+            "speakers": json.dumps(self._speaker_names),
+            "settings": json.dumps({**self.settings, "split_ratios": list(ratios), "split_seed": seed}, default=str),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "speakerzoo_version": __version__,
+            "complete": True,
+        })
+        h5.close()
+        os.replace(self.tmp, self.path)
+        self._finished = True
+        return self.path
+
+    def _write_features(self, config: FeatureConfig, offsets: np.ndarray, progress: bool) -> None:
+        """Cache the frontend's output, computed from the stored int16 PCM exactly as a model would."""
+        if config.kind == "waveform":
+            raise ValueError("the waveform is already stored; choose a feature such as fbank80, mfcc26 or logmel64")
+        frontend = Frontend(config, self.sample_rate)
+        audio = self._audio
+        group = self._h5.create_group(f"features/{config.key}")
+        data = group.create_dataset("data", shape=(0, config.dim), maxshape=(None, config.dim), dtype=np.float32,
+                                    chunks=(4096, config.dim))
+        frame_offsets = [0]
+        n = len(offsets) - 1
+        bar = tqdm(total=n, desc=f"features {config.key}", unit="utt", disable=not progress, leave=False)
+        start = 0
+        with torch.inference_mode():
+            while start < n:
+                # Read the PCM in slabs of about 16 M samples: one h5py read per utterance is slow.
+                stop = max(int(np.searchsorted(offsets, offsets[start] + (1 << 24), side="right")) - 1, start + 1)
+                stop = min(stop, n)
+                slab = from_pcm16(audio[offsets[start]:offsets[stop]])
+                block = []
+                for i in range(start, stop):
+                    wave = torch.from_numpy(slab[offsets[i] - offsets[start]:offsets[i + 1] - offsets[start]])
+                    feats, frames = frontend(wave[None], torch.tensor([wave.numel()]))
+                    block.append(feats[0, : int(frames[0])].numpy())
+                    frame_offsets.append(frame_offsets[-1] + int(frames[0]))
+                block = np.concatenate(block)
+                first = data.shape[0]
+                data.resize((first + len(block), config.dim))
+                data[first:] = block
+                bar.update(stop - start)
+                start = stop
+        bar.close()
+        group.create_dataset("offsets", data=np.asarray(frame_offsets, dtype=np.int64))
+        group.attrs["config"] = config.to_json()
+        group.attrs["sample_rate"] = self.sample_rate
+
+    def abort(self) -> None:
+        """Drop the temporary file; an existing corpus at ``path`` is left as it was."""
+        try:
+            self._h5.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+            self._finished = True
+
+
+class Corpus:
+    """Read-only access to a prepared corpus file, safe to pickle into DataLoader workers.
+
+    Metadata (offsets, speakers, splits) is read once into memory; audio and features are
+    read on demand through an h5py handle opened lazily in each process. With
+    ``in_memory=True`` the whole PCM array is loaded at once (the RAM-cached loader of
+    seed 002 §2.4); forked workers then share it copy-on-write.
+    """
+
+    def __init__(self, path: str | Path, in_memory: bool = False):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CorpusError(f"{self.path}: no such corpus file; create it with `speakerzoo prepare ... --output {self.path}`")
+        try:
+            with h5py.File(self.path, "r") as h5:
+                self._load_index(h5)
+                self._audio_cache = h5["audio"][:] if in_memory else None
+        except CorpusError:
+            raise
+        except (OSError, KeyError, ValueError) as err:
+            raise CorpusError(
+                f"{self.path}: not a complete speakerzoo corpus ({err}); the file may be truncated or still being "
+                f"written. Prepare it again with `speakerzoo prepare ... --output {self.path}`"
+            ) from err
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+
+    def _load_index(self, h5: h5py.File) -> None:
+        attrs = h5.attrs
+        if attrs.get("format") != FORMAT:
+            raise CorpusError(f"{self.path}: not a speakerzoo corpus (no format attribute); create it with `speakerzoo prepare`")
+        if int(attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+            raise CorpusError(
+                f"{self.path}: corpus schema version {attrs.get('schema_version')} but this speakerzoo reads "
+                f"version {SCHEMA_VERSION}; prepare it again with this version"
+            )
+        if not bool(attrs.get("complete", False)):
+            raise CorpusError(f"{self.path}: corpus was not completely written; prepare it again")
+        self.sample_rate = int(attrs["sample_rate"])
+        self.speakers: list[str] = json.loads(attrs["speakers"])
+        self.settings: dict[str, Any] = json.loads(attrs["settings"])
+        self.offsets = h5["offsets"][:]
+        self.speaker = h5["speaker"][:].astype(np.int64)
+        self.duration = h5["duration"][:]
+        if self.offsets[-1] != h5["audio"].shape[0]:
+            raise CorpusError(f"{self.path}: audio array is shorter than its index (truncated); prepare it again")
+        self._splits = {name: h5[f"splits/{name}"][:] for name in self._walk(h5["splits"])}
+        self._trials = {name: h5[f"trials/{name}"][:] for name in self._walk(h5["trials"])} if "trials" in h5 else {}
+        self.feature_configs: dict[str, FeatureConfig] = {
+            key: FeatureConfig(**json.loads(group.attrs["config"])) for key, group in h5.get("features", {}).items()
+        }
+        self._feature_offsets = {key: h5[f"features/{key}/offsets"][:] for key in self.feature_configs}
+
+    @staticmethod
+    def _walk(group: h5py.Group) -> list[str]:
+        names: list[str] = []
+        group.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        return names
+
+    # -- pickling: handles never cross a process boundary ---------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_h5"], state["_pid"] = None, None
+        return state
+
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def close(self) -> None:
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = None
+
+    # -- metadata ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.speaker)
+
+    @property
+    def num_samples(self) -> np.ndarray:
+        """Length of every utterance in samples."""
+        return np.diff(self.offsets)
+
+    def texts(self, field: str) -> list[str]:
+        """One of ``utt_id``, ``path``, ``transcript``, ``session`` for every utterance."""
+        if field not in _TEXT_FIELDS:
+            raise KeyError(f"{field!r} is not one of {_TEXT_FIELDS}")
+        return [s.decode() if isinstance(s, bytes) else s for s in self._file()[field][:]]
+
+    def split(self, mode: str, part: str) -> np.ndarray:
+        """Utterance indices of ``part`` (train/val/test) under split ``mode`` (utterance/speaker)."""
+        key = f"{mode}/{part}"
+        if key not in self._splits:
+            raise CorpusError(f"{self.path}: no split {key!r}; available: {sorted(self._splits)}")
+        return self._splits[key]
+
+    def trials(self, mode: str, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(pairs, ident)`` arrays of ``part`` under ``mode`` (see :class:`speakerzoo.scoring.Trials`)."""
+        key = f"{mode}/{part}"
+        if f"{key}/pairs" not in self._trials:
+            raise CorpusError(f"{self.path}: no trials for {key!r}")
+        return self._trials[f"{key}/pairs"], self._trials[f"{key}/ident"]
+
+    # -- data --------------------------------------------------------------------------------
+    def audio(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Float32 samples ``[start:stop]`` of utterance ``i``."""
+        lo = int(self.offsets[i])
+        hi = int(self.offsets[i + 1])
+        a, b = lo + start, hi if stop is None else min(lo + stop, hi)
+        src = self._audio_cache if self._audio_cache is not None else self._file()["audio"]
+        return from_pcm16(src[a:b])
+
+    def features(self, key: str, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Cached feature frames ``[start:stop]`` of utterance ``i`` (``[frames, dim]``)."""
+        if key not in self.feature_configs:
+            raise CorpusError(
+                f"{self.path}: no cached features {key!r} (has {sorted(self.feature_configs) or 'none'}); "
+                f"prepare it again with `--features {key}`"
+            )
+        offsets = self._feature_offsets[key]
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        b = hi if stop is None else min(lo + stop, hi)
+        return self._file()[f"features/{key}/data"][lo + start:b]
+
+    def num_frames(self, key: str) -> np.ndarray:
+        return np.diff(self._feature_offsets[key])

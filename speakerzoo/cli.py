@@ -1,5 +1,84 @@
-"""Command line entry point (placeholder until the CLI lands)."""
+"""The ``speakerzoo`` command: corpus preparation plus LightningCLI's fit/validate/test/predict.
+
+``speakerzoo prepare ...`` builds a corpus file (see ``speakerzoo prepare --help``);
+every other subcommand is LightningCLI, with the model and the DataModule chosen by
+``class_path`` (subclass mode) and the data-dependent sizes linked from the DataModule
+to the model, so a config never states them twice::
+
+    speakerzoo prepare toy --output data/toy.h5
+    speakerzoo fit -c configs/ecapa_small.yaml
+    speakerzoo fit -c configs/ecapa.yaml -c configs/trainer/gpu.yaml --data.corpus my_corpus.h5
+    speakerzoo test -c configs/ecapa_small.yaml --ckpt_path runs/.../checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+# Importing the packages registers every zoo model and DataModule, so configs may name
+# them by class name alone (``class_path: ECAPA``).
+import speakerzoo.datamodules  # noqa: F401
+import speakerzoo.zoo  # noqa: F401
+from speakerzoo.zoo.base import SpeakerEmbeddingModule
+
+DESCRIPTION = """speakerzoo: train, evaluate and use speaker recognition models.
+
+Subcommands: prepare (audio -> corpus file; see `speakerzoo prepare --help`),
+fit, validate, test, predict (LightningCLI; `speakerzoo fit --help`).
+Start with: speakerzoo prepare toy --output data/toy.h5 && speakerzoo fit -c configs/ecapa_small.yaml
+"""
 
 
-def main() -> None:  # pragma: no cover - replaced by the LightningCLI
-    raise SystemExit("speakerzoo CLI not built yet")
+class SpeakerZooCLI(LightningCLI):
+    """LightningCLI with the links, callbacks and trainer defaults every speakerzoo run shares."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Sizes that depend on the corpus are read from the instantiated DataModule.
+        for name in ("num_speakers", "sample_rate", "speaker_names"):
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        # Checkpoints keep the best model by validation EER and the last one (for resuming).
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/eer",
+            "checkpoint.mode": "min",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-{epoch:03d}",
+            "checkpoint.auto_insert_metric_name": False,
+            "lr_monitor.logging_interval": "epoch",
+            # The speaker-balanced batch sampler shards by rank itself.
+            "trainer.use_distributed_sampler": False,
+            "trainer.logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": "speakerzoo"},
+            },
+        })
+
+
+def run_lightning(argv: list[str]) -> None:
+    SpeakerZooCLI(
+        SpeakerEmbeddingModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": DESCRIPTION},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "prepare":
+        from speakerzoo.datamodules.prepare import main as prepare_main
+
+        raise SystemExit(prepare_main(argv[1:]))
+    run_lightning(argv)
+
+
+if __name__ == "__main__":
+    main()

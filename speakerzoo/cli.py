@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 # Importing the packages registers every zoo model and DataModule, so configs may name
@@ -41,15 +41,14 @@ class SpeakerZooCLI(LightningCLI):
         for name in ("num_speakers", "sample_rate", "speaker_names"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         # Checkpoints keep the best model by validation EER and the last one (for resuming).
+        # The learning rate is logged by the model itself (train/lr).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({
             "checkpoint.monitor": "val/eer",
             "checkpoint.mode": "min",
             "checkpoint.save_last": True,
             "checkpoint.filename": "best-{epoch:03d}",
             "checkpoint.auto_insert_metric_name": False,
-            "lr_monitor.logging_interval": "epoch",
             # The speaker-balanced batch sampler shards by rank itself.
             "trainer.use_distributed_sampler": False,
             "trainer.logger": {

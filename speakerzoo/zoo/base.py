@@ -1,0 +1,512 @@
+"""The LightningModule base class of every embedding model of the zoo.
+
+:class:`SpeakerEmbeddingModule` owns what all embedding models share: the feature
+frontend, ``embed(waveforms, lengths)``, the training step around a classification head,
+DDP-safe validation on cosine trials (EER, minDCF, identification accuracy), the default
+optimiser, and checkpoints that rebuild themselves with :meth:`~SpeakerEmbeddingModule.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import inspect
+import math
+import sys
+import warnings
+from collections.abc import Mapping
+from pathlib import Path, PurePath
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from speakerzoo import __version__
+from speakerzoo.features import Frontend
+from speakerzoo.scoring import EqualErrorRate, MinDCF, Trials, score_trials, subset_trials
+
+Batch = dict[str, Tensor]
+
+
+class InvalidCheckpointError(ValueError):
+    """A file that :meth:`SpeakerEmbeddingModule.from_pretrained` cannot rebuild a model from."""
+
+
+class SpeakerEmbeddingModule(L.LightningModule):
+    """Base class of the zoo's embedding models: frontend -> ``encode`` -> embedding (-> head).
+
+    Arguments:
+        num_speakers: training speakers, i.e. classes of the head; 0 builds no head
+            (an embedding extractor that can validate and predict but not train).
+        sample_rate: rate of the waveforms the model receives.
+        frontend: feature preset name or :class:`~speakerzoo.features.FeatureConfig` fields
+            (see :mod:`speakerzoo.features`); stored in checkpoints in full.
+        speaker_names: names of the ``num_speakers`` classes, in label order (optional).
+        lr, weight_decay: AdamW parameters of the default :meth:`configure_optimizers`.
+        warmup_epochs: linear warm-up (may be fractional) before the cosine decay.
+
+    **Writing a model.** Subclass, pass the shared arguments to ``super().__init__``, call
+    ``self.save_hyperparameters()`` in your own ``__init__`` (so that *every* init argument,
+    yours included, lands in the checkpoint; keep them plain: numbers, strings, lists,
+    dicts), set ``self.embedding_dim``, build ``self.head`` (e.g. :class:`~speakerzoo.zoo.heads.AAMSoftmax`,
+    or ``None`` when ``self.num_speakers == 0``) and implement :meth:`encode`::
+
+        class MyModel(SpeakerEmbeddingModule):
+            def __init__(self, num_speakers=0, sample_rate=16000, frontend="fbank80",
+                         speaker_names=None, embedding_dim=128, lr=1e-3, weight_decay=1e-4,
+                         warmup_epochs=0.0):
+                super().__init__(num_speakers, sample_rate, frontend, speaker_names,
+                                 lr, weight_decay, warmup_epochs)
+                self.save_hyperparameters()
+                self.embedding_dim = embedding_dim
+                self.encoder = ...
+                self.head = AAMSoftmax(embedding_dim, self.num_speakers) if self.num_speakers else None
+
+            def encode(self, features, frame_lengths):
+                return ...  # [B, embedding_dim]
+
+    Override :meth:`training_loss` for losses other than ``self.head(emb, speakers)`` and
+    :meth:`configure_optimizers` for other optimisers.
+
+    **Batches** are dicts. Training: ``waveforms [B, T] float``, ``lengths [B] int64``
+    (samples), ``speakers [B] int64``; a DataModule with cached features may give
+    ``features [B, frames, dim]`` and ``frame_lengths [B]`` instead of waveforms and lengths,
+    and the frontend is skipped. Validation, test and predict batches carry
+    ``index [B] int64`` (corpus utterance index) instead of ``speakers``.
+
+    **Validation and test.** Each step embeds its batch and keeps ``(index, embedding)``;
+    at the end of the epoch the embeddings of all processes are gathered (duplicates from
+    padded distributed shards are dropped), the trials come from
+    ``trainer.datamodule.trials("val" | "test")`` (a :class:`~speakerzoo.scoring.Trials`),
+    each process scores its share of the trial rows, and torchmetrics combines the shares.
+    Logged: ``val/eer`` (fraction in [0, 1], not percent), ``val/mindcf`` (normalised, with
+    ``p_target = dcf_p_target``), ``val/ident_acc`` (fraction), and ``test/...`` likewise.
+    Trials whose utterances were not all embedded (``limit_val_batches``, the sanity check)
+    are left out, with a warning outside the sanity check. Without a datamodule that has
+    ``trials()``, validation still runs the model but logs nothing (a one-time warning says so).
+
+    **Training** logs ``train/loss`` and ``train/acc`` (head logits without margin; per step,
+    and the epoch mean over all processes) and ``train/lr`` (first parameter group, per step),
+    so no ``LearningRateMonitor`` is needed.
+
+    ``predict_step`` returns ``{"index": [B], "embedding": [B, D]}``.
+    """
+
+    #: Prior of a target trial for ``val/mindcf`` and ``test/mindcf``.
+    dcf_p_target: float = 0.01
+    #: Set by subclasses: size of the embeddings ``encode`` returns.
+    embedding_dim: int
+    #: Set by subclasses: classification head ``(embeddings, speakers) -> (loss, logits)``, or None.
+    head: nn.Module | None
+
+    def __init__(
+        self,
+        num_speakers: int = 0,
+        sample_rate: int = 16000,
+        frontend: str | dict = "fbank80",
+        speaker_names: list[str] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 0.0,
+    ):
+        super().__init__()
+        if speaker_names is not None:
+            speaker_names = [str(name) for name in speaker_names]
+            if num_speakers == 0:
+                num_speakers = len(speaker_names)
+            elif num_speakers != len(speaker_names):
+                raise ValueError(f"num_speakers={num_speakers} but {len(speaker_names)} speaker_names were given")
+        if num_speakers < 0:
+            raise ValueError(f"num_speakers must be >= 0, got {num_speakers}")
+        self.num_speakers = int(num_speakers)
+        self.speaker_names = speaker_names
+        self.sample_rate = int(sample_rate)
+        self.frontend = Frontend(frontend, self.sample_rate)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.head = None
+        self._train_loss = MeanMetric()
+        self._train_acc = MeanMetric()
+        self.trial_metrics = nn.ModuleDict(
+            {
+                part: nn.ModuleDict(
+                    {"eer": EqualErrorRate(), "mindcf": MinDCF(p_target=self.dcf_p_target), "ident_acc": MeanMetric()}
+                )
+                for part in ("val", "test")
+            }
+        )
+        self._collected: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ model
+
+    def encode(self, features: Tensor, frame_lengths: Tensor) -> Tensor:
+        """Features ``[B, frames, dim]`` (``[B, T]`` for the ``waveform`` frontend) with valid
+        frame counts ``[B]`` -> embeddings ``[B, embedding_dim]``. Implemented by subclasses."""
+        raise NotImplementedError(f"{type(self).__name__} must implement encode(features, frame_lengths)")
+
+    def features(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The model input of a batch: cached ``features`` if present, else the frontend of ``waveforms``."""
+        if "features" in batch:
+            return batch["features"], batch["frame_lengths"]
+        return self.frontend(batch["waveforms"], batch.get("lengths"))
+
+    def embed(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Waveforms ``[B, T]`` (float, at ``sample_rate``) with lengths in samples ``[B]``
+        (default: all ``T``) -> embeddings ``[B, embedding_dim]``."""
+        features, frame_lengths = self.frontend(waveforms, lengths)
+        return self.encode(features, frame_lengths)
+
+    def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return self.embed(waveforms, lengths)
+
+    def training_loss(self, embeddings: Tensor, speakers: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, logits [B, num_speakers])`` for a batch; default: ``self.head(embeddings, speakers)``."""
+        if self.head is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no classification head (num_speakers=0); "
+                "set num_speakers (linked from the DataModule by the CLI) to train it"
+            )
+        return self.head(embeddings, speakers)
+
+    # ------------------------------------------------------------------ training
+
+    def setup(self, stage: str) -> None:
+        if not self.hparams:
+            raise RuntimeError(
+                f"{type(self).__name__}.__init__ must call self.save_hyperparameters(); "
+                "without them its checkpoints cannot be rebuilt by from_pretrained"
+            )
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        features, frame_lengths = self.features(batch)
+        speakers = batch["speakers"]
+        loss, logits = self.training_loss(self.encode(features, frame_lengths), speakers)
+        batch_size = speakers.shape[0]
+        self._train_loss(loss.detach(), batch_size)
+        self._train_acc((logits.detach().argmax(dim=-1) == speakers).float())
+        self.log("train/loss", self._train_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log("train/acc", self._train_acc, on_step=True, on_epoch=True, batch_size=batch_size)
+        if self._trainer is not None and self.trainer.optimizers:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self.log("train/lr", float(lr), on_step=True, on_epoch=False, batch_size=batch_size)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        """AdamW, then per step: linear warm-up over ``warmup_epochs``, cosine decay to 0 at the
+        end of training (``trainer.estimated_stepping_batches``); a constant rate when the
+        length of training is unknown (``max_epochs=-1`` without ``max_steps``)."""
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total <= 0:
+            return optimizer
+        total = int(total)
+        max_epochs = self.trainer.max_epochs
+        warmup = 0
+        if self.warmup_epochs and max_epochs and max_epochs > 0:
+            warmup = min(int(round(self.warmup_epochs * total / max_epochs)), total)
+
+        def factor(step: int) -> float:
+            if step < warmup:  # ramps up to the full rate, reached at step ``warmup``
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ validation / test / predict
+
+    def on_validation_epoch_start(self) -> None:
+        self._collected["val"] = ([], [])
+
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._score("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._collected["test"] = ([], [])
+
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._score("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor | None]:
+        return {"index": batch.get("index"), "embedding": self.encode(*self.features(batch))}
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)
+
+    def _collect(self, part: str, batch: Batch) -> None:
+        embeddings = self.encode(*self.features(batch))
+        if "index" not in batch:
+            self._warn_once(f"{part}-index", f"{part} batches carry no 'index'; no trials can be scored")
+            return
+        index, emb = self._collected.setdefault(part, ([], []))
+        index.append(batch["index"].detach().to(self.device).long())
+        emb.append(embeddings.detach().float())
+
+    def _gather(self, part: str) -> tuple[Tensor, Tensor]:
+        """Embeddings of all processes: ``(index [K] sorted unique, emb [K, D])``, identical on every rank."""
+        index_list, emb_list = self._collected.pop(part, ([], []))
+        dim = emb_list[0].shape[-1] if emb_list else getattr(self, "embedding_dim", 0)
+        index = torch.cat(index_list) if index_list else torch.zeros(0, dtype=torch.long, device=self.device)
+        emb = torch.cat(emb_list) if emb_list else torch.zeros(0, dim, device=self.device)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            # Shards may differ in size: pad to the largest with index -1, gather, drop the padding.
+            sizes = self.all_gather(torch.tensor(index.numel(), device=self.device))
+            longest = int(sizes.max())
+            if longest == 0:
+                return index, emb
+            pad = longest - index.numel()
+            index = self.all_gather(F.pad(index, (0, pad), value=-1)).reshape(-1)
+            emb = self.all_gather(F.pad(emb, (0, 0, 0, pad))).reshape(-1, dim)
+            keep = index >= 0
+            index, emb = index[keep], emb[keep]
+        # A DistributedSampler pads shards by repeating utterances: keep the first copy.
+        unique, inverse = torch.unique(index, return_inverse=True)
+        positions = torch.arange(index.numel(), device=index.device)
+        first = torch.full_like(unique, index.numel()).scatter_reduce(0, inverse, positions, reduce="amin")
+        return unique, emb[first]
+
+    def _trials(self, part: str) -> Trials | None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        get = getattr(datamodule, "trials", None)
+        return get(part) if callable(get) else None
+
+    def _score(self, part: str) -> None:
+        index, emb = self._gather(part)
+        trials = self._trials(part)
+        if trials is None:
+            self._warn_once(
+                f"{part}-trials",
+                f"no trials for '{part}' (the datamodule has no trials({part!r})): "
+                f"{part}/eer, {part}/mindcf and {part}/ident_acc are not logged",
+            )
+            return
+        usable = subset_trials(trials, index)
+        sanity = self._trainer is not None and self.trainer.sanity_checking
+        if not sanity and (len(usable.pairs) < len(trials.pairs) or len(usable.ident) < len(trials.ident)):
+            self._warn_once(
+                f"{part}-partial",
+                f"{part}: only {len(usable.pairs)}/{len(trials.pairs)} trial pairs and {len(usable.ident)}/"
+                f"{len(trials.ident)} identification rows have all their utterances embedded "
+                f"(limit_{part}_batches?); scoring those",
+            )
+        world = self.trainer.world_size if self._trainer is not None else 1
+        rank = self.global_rank if self._trainer is not None else 0
+        # Every rank holds the same embeddings and trials, so these decisions agree across ranks.
+        labels = usable.pairs[:, 2]
+        n_target = int((labels == 1).sum())
+        verify = 0 < n_target < labels.numel()
+        identify = usable.ident.shape[0] > 0
+        if not (verify or identify):
+            return
+        shard = Trials(pairs=usable.pairs[rank::world], ident=usable.ident[rank::world])
+        scores, shard_labels, hits = score_trials(index, emb, shard)
+        metrics = self.trial_metrics[part]
+        values = {}
+        if verify:
+            metrics["eer"].update(scores, shard_labels)
+            metrics["mindcf"].update(scores, shard_labels)
+            values["eer"] = metrics["eer"].compute()
+            values["mindcf"] = metrics["mindcf"].compute()
+        if identify:
+            metrics["ident_acc"].update(hits.float())
+            values["ident_acc"] = metrics["ident_acc"].compute()
+        for metric in metrics.values():
+            metric.reset()
+        for name, value in values.items():
+            # The values are already global (identical on every rank); sync_dist only averages equal numbers.
+            self.log(f"{part}/{name}", value.float(), prog_bar=name == "eer", sync_dist=True)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not checkpoint.get("hyper_parameters"):
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call self.save_hyperparameters()")
+        # Everything in the file must load with torch.load(weights_only=True): make the
+        # hyper-parameters plain (Path -> str, dataclass -> dict, numpy scalar -> number, ...).
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = _plain(checkpoint[key], key)
+        cls = type(self)
+        checkpoint["speakerzoo"] = {
+            "class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "version": __version__,
+            "frontend": self.frontend.config.to_dict(),
+            "sample_rate": self.sample_rate,
+            "speaker_names": list(self.speaker_names) if self.speaker_names is not None else None,
+            "embedding_dim": int(getattr(self, "embedding_dim", 0)),
+        }
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        map_location: str | torch.device = "cpu",
+        drop_head: bool = False,
+        num_speakers: int | None = None,
+    ) -> "SpeakerEmbeddingModule":
+        """Rebuild a model from a speakerzoo checkpoint file alone, in eval mode.
+
+        Arguments:
+            path: a ``.ckpt`` saved by Lightning from a :class:`SpeakerEmbeddingModule` subclass.
+            map_location: where to load the tensors.
+            drop_head: do not load the classification head (``head.*`` weights); the model gets
+                ``num_speakers`` classes with a fresh head, or no head when ``num_speakers`` is not given.
+            num_speakers: a new number of training speakers; head weights whose shape no longer
+                matches are not loaded (the rest of the head is).
+
+        What was not loaded is reported with a ``UserWarning``; speaker names are kept only when
+        the head is loaded whole. The file is read with ``torch.load(weights_only=True)`` (no code
+        runs from it); the class named in it is imported only from ``speakerzoo`` or from a module
+        that is already imported, and must subclass ``cls``.
+
+        Raises:
+            FileNotFoundError: no such file.
+            InvalidCheckpointError: not a (complete) speakerzoo checkpoint, or a checkpoint of a
+                class that is not a subclass of ``cls``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as error:  # noqa: BLE001 - torch raises several types for bad files
+            if "weights only" in str(error).lower() or "weights_only" in str(error):
+                raise InvalidCheckpointError(
+                    f"{path}: refusing to load, the file holds objects other than plain data and tensors "
+                    f"(torch.load(weights_only=True) says: {str(error).splitlines()[0]})"
+                ) from error
+            raise InvalidCheckpointError(
+                f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or another kind of file): "
+                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            ) from error
+        if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+            raise InvalidCheckpointError(f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict')")
+        meta = checkpoint.get("speakerzoo")
+        if not isinstance(meta, Mapping) or "class_path" not in meta:
+            raise InvalidCheckpointError(
+                f"{path} is a Lightning checkpoint but not one of a speakerzoo embedding model (no 'speakerzoo' entry)"
+            )
+        klass = _resolve_class(str(meta["class_path"]), path)
+        if not issubclass(klass, cls):
+            raise InvalidCheckpointError(
+                f"{path} holds a {meta['class_path']} checkpoint, which is not a {cls.__qualname__}; "
+                f"load it with {klass.__qualname__}.from_pretrained({str(path)!r}) "
+                f"or SpeakerEmbeddingModule.from_pretrained({str(path)!r})"
+            )
+
+        hparams = {k: v for k, v in dict(checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+        # The stored frontend is the full parameter set: a preset renamed or changed later cannot alter it.
+        if "frontend" in meta:
+            hparams["frontend"] = dict(meta["frontend"])
+        if "sample_rate" in meta:
+            hparams["sample_rate"] = int(meta["sample_rate"])
+        stored_speakers = int(hparams.get("num_speakers", 0) or 0)
+        new_speakers = num_speakers if num_speakers is not None else (0 if drop_head else stored_speakers)
+        head_changed = drop_head or new_speakers != stored_speakers
+        if head_changed:
+            hparams["num_speakers"] = new_speakers
+            hparams["speaker_names"] = None
+        params = inspect.signature(klass.__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            hparams = {k: v for k, v in hparams.items() if k in params}
+        model = klass(**hparams)
+
+        state = dict(checkpoint["state_dict"])
+        own = model.state_dict()
+        dropped = []
+        if head_changed:
+            for key in [k for k in state if k.startswith("head.")]:
+                if drop_head or key not in own or own[key].shape != state[key].shape:
+                    shape = list(state.pop(key).shape)
+                    now = f"model now has {list(own[key].shape)}" if key in own else "not in the model"
+                    dropped.append(f"{key} {shape} ({now})")
+        result = model.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not (head_changed and k.startswith("head."))]
+        if missing or result.unexpected_keys:
+            raise InvalidCheckpointError(
+                f"{path}: weights do not fit {klass.__qualname__} built from its hyper-parameters "
+                f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
+            )
+        if dropped:
+            warnings.warn(f"{path}: classifier weights not loaded: " + "; ".join(dropped), UserWarning, stacklevel=2)
+        return model.eval()
+
+
+def _resolve_class(class_path: str, path: Path) -> type[SpeakerEmbeddingModule]:
+    module_name, _, qualname = class_path.rpartition(".")
+    if not module_name:
+        raise InvalidCheckpointError(f"{path}: malformed class path {class_path!r}")
+    # Import nothing a checkpoint names outside our package: other modules must already be imported.
+    if module_name not in sys.modules:
+        if module_name != "speakerzoo" and not module_name.startswith("speakerzoo."):
+            raise InvalidCheckpointError(
+                f"{path} holds a {class_path} checkpoint; import {module_name} first, then load it again"
+            )
+        try:
+            importlib.import_module(module_name)
+        except ImportError as error:
+            raise InvalidCheckpointError(f"{path}: cannot import {module_name} for {class_path}: {error}") from error
+    obj: Any = sys.modules[module_name]
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if not (isinstance(obj, type) and issubclass(obj, SpeakerEmbeddingModule)):
+        raise InvalidCheckpointError(
+            f"{path} names {class_path}, which is not a speakerzoo SpeakerEmbeddingModule subclass; refusing to build it"
+        )
+    return obj
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as plain data that ``torch.load(weights_only=True)`` accepts."""
+    if value is None or type(value) in (bool, int, float, str, bytes) or isinstance(value, (Tensor, torch.dtype)):
+        return value
+    if isinstance(value, enum.Enum):
+        return _plain(value.value, where)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):  # numpy integers do not subclass int, but IntEnum and friends do
+        return int(value)
+    if isinstance(value, float):  # numpy.float64 subclasses float
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value), where)
+    if isinstance(value, Mapping):
+        return {_plain(k, where): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_plain(v, where) for v in value]
+        return type(value)(items) if type(value) in (list, tuple, set, frozenset) else items
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalars and 0-d arrays
+        try:
+            return _plain(value.item(), where)
+        except (TypeError, ValueError):
+            pass
+    if hasattr(value, "tolist"):  # numpy arrays
+        return _plain(value.tolist(), where)
+    warnings.warn(
+        f"checkpoint {where}: {type(value).__qualname__} is not plain data; stored as its repr {value!r:.80} "
+        "(pass plain values to the model and datamodule)",
+        UserWarning,
+        stacklevel=3,
+    )
+    return repr(value)

@@ -105,6 +105,13 @@ class CorpusWriter:
     def add(self, wave: np.ndarray, speaker: str | None, utt_id: str, path: str = "", transcript: str = "",
             session: str = "") -> int:
         """Append one utterance (float waveform at the corpus rate); ``speaker=None`` for noise clips."""
+        wave = np.asarray(wave)
+        if wave.ndim != 1:
+            # A [samples, channels] array would otherwise be flattened into interleaved garbage.
+            raise ValueError(f"{path or utt_id}: expected a mono 1-D waveform, got shape {wave.shape}")
+        if not np.isfinite(wave).all():
+            # NaN/inf would be cast to arbitrary int16 values without a word.
+            raise ValueError(f"{path or utt_id}: waveform contains NaN or infinite samples")
         pcm = to_pcm16(wave)
         if pcm.size == 0:
             raise ValueError(f"{path or utt_id}: empty waveform")
@@ -179,13 +186,29 @@ class CorpusWriter:
         if config.kind == "waveform":
             raise ValueError("the waveform is already stored; choose a feature such as fbank80, mfcc26 or logmel64")
         frontend = Frontend(config, self.sample_rate)
-        audio = self._audio
         group = self._h5.create_group(f"features/{config.key}")
         data = group.create_dataset("data", shape=(0, config.dim), maxshape=(None, config.dim), dtype=np.float32,
                                     chunks=(4096, config.dim))
         frame_offsets = [0]
         n = len(offsets) - 1
         bar = tqdm(total=n, desc=f"features {config.key}", unit="utt", disable=not progress, leave=False)
+        # One utterance at a time is a handful of tiny ops: intra-op threads only add
+        # synchronisation, and on a busy CPU they made this loop about 5x slower.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._feature_loop(frontend, config, offsets, data, frame_offsets, bar)
+        finally:
+            torch.set_num_threads(threads)
+        bar.close()
+        group.create_dataset("offsets", data=np.asarray(frame_offsets, dtype=np.int64))
+        group.attrs["config"] = config.to_json()
+        group.attrs["sample_rate"] = self.sample_rate
+
+    def _feature_loop(self, frontend: Frontend, config: FeatureConfig, offsets: np.ndarray, data: h5py.Dataset,
+                      frame_offsets: list[int], bar) -> None:
+        audio = self._audio
+        n = len(offsets) - 1
         start = 0
         with torch.inference_mode():
             while start < n:
@@ -205,10 +228,6 @@ class CorpusWriter:
                 data[first:] = block
                 bar.update(stop - start)
                 start = stop
-        bar.close()
-        group.create_dataset("offsets", data=np.asarray(frame_offsets, dtype=np.int64))
-        group.attrs["config"] = config.to_json()
-        group.attrs["sample_rate"] = self.sample_rate
 
     def abort(self) -> None:
         """Drop the temporary file; an existing corpus at ``path`` is left as it was."""
@@ -224,8 +243,8 @@ class Corpus:
 
     Metadata (offsets, speakers, splits) is read once into memory; audio and features are
     read on demand through an h5py handle opened lazily in each process. With
-    ``in_memory=True`` the whole PCM array is loaded at once (the RAM-cached loader of
-    seed 002 §2.4); forked workers then share it copy-on-write.
+    ``in_memory=True`` the whole PCM array and every cached feature array are loaded at once
+    (the RAM-cached loader of seed 002 §2.4); forked workers then share them copy-on-write.
     """
 
     def __init__(self, path: str | Path, in_memory: bool = False):
@@ -236,6 +255,9 @@ class Corpus:
             with h5py.File(self.path, "r") as h5:
                 self._load_index(h5)
                 self._audio_cache = h5["audio"][:] if in_memory else None
+                self._feature_cache = (
+                    {key: h5[f"features/{key}/data"][:] for key in self.feature_configs} if in_memory else {}
+                )
         except CorpusError:
             raise
         except (OSError, KeyError, ValueError) as err:
@@ -343,7 +365,16 @@ class Corpus:
         offsets = self._feature_offsets[key]
         lo, hi = int(offsets[i]), int(offsets[i + 1])
         b = hi if stop is None else min(lo + stop, hi)
-        return self._file()[f"features/{key}/data"][lo + start:b]
+        src = self._feature_cache.get(key)
+        if src is None:
+            src = self._file()[f"features/{key}/data"]
+        return src[lo + start:b]
 
     def num_frames(self, key: str) -> np.ndarray:
+        """Length of every utterance in frames of the cached feature ``key``."""
+        if key not in self._feature_offsets:
+            raise CorpusError(
+                f"{self.path}: no cached features {key!r} (has {sorted(self.feature_configs) or 'none'}); "
+                f"prepare it again with `--features {key}`"
+            )
         return np.diff(self._feature_offsets[key])

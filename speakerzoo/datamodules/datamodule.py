@@ -1,0 +1,323 @@
+"""The DataModule that every speakerzoo model trains and is evaluated on.
+
+Training: random crops, P speakers x K utterances per batch
+(:class:`~speakerzoo.datamodules.sampler.SpeakerBatchSampler`), sharded by rank by the sampler
+itself. Validation / test / predict: whole utterances of the split part (predict = test),
+sorted by length so that a batch wastes little padding, and sharded by rank as
+``sorted_items[rank::world_size]``; every batch carries the corpus utterance ``index``, which is
+how models match embeddings to :meth:`SpeakerDataModule.trials`. Ranks may get one utterance
+more or less than each other (no padding, so no utterance is scored twice); models gather the
+embeddings of all ranks at the end of the epoch, not per step.
+
+**Distributed training**: both kinds of loader already shard by rank, so build the Trainer with
+``Trainer(use_distributed_sampler=False)`` (the speakerzoo CLI does); otherwise Lightning would
+wrap them in a second ``DistributedSampler``. :meth:`SpeakerDataModule.setup` refuses to run
+with more than one rank and ``use_distributed_sampler=True``.
+
+Example::
+
+    dm = SpeakerDataModule("data/toy.h5", speakers_per_batch=8, utterances_per_speaker=2)
+    dm.num_speakers, dm.sample_rate        # known right after construction (LightningCLI links them)
+    trainer = lightning.Trainer(use_distributed_sampler=False, ...)
+    trainer.fit(model, datamodule=dm)
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import lightning
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from speakerzoo.datamodules.corpus import Corpus, CorpusError
+from speakerzoo.datamodules.dataset import CropDataset, UtteranceDataset, collate_crops, collate_utterances
+from speakerzoo.datamodules.sampler import SpeakerBatchSampler, eligible_classes
+from speakerzoo.features import FeatureConfig, frame_count
+from speakerzoo.scoring import Trials
+
+PARTS = ("train", "val", "test")
+
+
+class SpeakerDataModule(lightning.LightningDataModule):
+    """Crops for training, whole utterances and trials for evaluation, from one corpus file.
+
+    Arguments:
+        corpus: path of a corpus file (``speakerzoo prepare ...``).
+        split: ``speaker`` (open set: val/test speakers never seen in training; verification)
+            or ``utterance`` (closed set: the same speakers in every part).
+        crop_seconds: training crop length (the longest when ``min_crop_seconds`` is set).
+        min_crop_seconds: draw one crop length per batch in ``[min_crop_seconds, crop_seconds]``.
+        speakers_per_batch, utterances_per_speaker: P and K; a batch holds P x K crops.
+        batches_per_epoch: training batches per epoch *per rank*; ``None`` = one pass over the data.
+        eval_max_seconds: evaluation utterances longer than this are centre-cropped (``None``: whole).
+        eval_batch_size: utterances per evaluation batch.
+        num_workers: DataLoader worker processes (persistent); each opens the corpus itself.
+        cache_in_memory: load all audio (and cached features) into RAM at setup.
+        features: key of cached features to train on (e.g. ``fbank80``; the corpus must have
+            them) instead of raw audio. Evaluation always reads audio; the model's frontend must
+            be the same feature configuration (see :attr:`feature_config`).
+        min_utterances_per_speaker: training speakers with fewer utterances are left out
+            (a warning says how many); they are not classes.
+        seed: seed of the training sampler (batches, crop lengths and positions).
+    """
+
+    def __init__(
+        self,
+        corpus: str,
+        split: Literal["speaker", "utterance"] = "speaker",
+        crop_seconds: float = 2.0,
+        min_crop_seconds: float | None = None,
+        speakers_per_batch: int = 16,
+        utterances_per_speaker: int = 2,
+        batches_per_epoch: int | None = None,
+        eval_max_seconds: float | None = 10.0,
+        eval_batch_size: int = 32,
+        num_workers: int = 2,
+        cache_in_memory: bool = False,
+        features: str | None = None,
+        min_utterances_per_speaker: int = 2,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if split not in ("speaker", "utterance"):
+            raise ValueError(f"split must be 'speaker' or 'utterance', not {split!r}")
+        if crop_seconds <= 0 or (min_crop_seconds is not None and not 0 < min_crop_seconds <= crop_seconds):
+            raise ValueError(f"need 0 < min_crop_seconds <= crop_seconds (got {min_crop_seconds}, {crop_seconds})")
+        self.corpus_path = str(corpus)
+        self.split = split
+        self.crop_seconds = float(crop_seconds)
+        self.min_crop_seconds = None if min_crop_seconds is None else float(min_crop_seconds)
+        self.speakers_per_batch = int(speakers_per_batch)
+        self.utterances_per_speaker = int(utterances_per_speaker)
+        self.batches_per_epoch = batches_per_epoch
+        self.eval_max_seconds = eval_max_seconds
+        self.eval_batch_size = int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.cache_in_memory = bool(cache_in_memory)
+        self.features = features
+        self.min_utterances_per_speaker = int(min_utterances_per_speaker)
+        self.seed = int(seed)
+
+        # Metadata only (the audio stays on disk until setup): the sizes below must be known
+        # right after construction.
+        self.corpus = Corpus(self.corpus_path)
+        self._in_memory = False
+        if features is not None and features not in self.corpus.feature_configs:
+            raise CorpusError(
+                f"{self.corpus_path}: no cached features {features!r} (has "
+                f"{sorted(self.corpus.feature_configs) or 'none'}); prepare the corpus with `--features {features}` "
+                f"or set features: null to train on audio")
+        self._parts = {part: self.corpus.split(split, part) for part in PARTS}
+        train = self._parts["train"]
+        original = self.corpus.speaker[train]
+        keep, dropped = eligible_classes(original, max(self.min_utterances_per_speaker, 1))
+        if len(dropped):
+            warnings.warn(
+                f"{self.corpus_path}: {len(dropped)} training speaker(s) with fewer than "
+                f"{self.min_utterances_per_speaker} utterances are left out (of {len(keep) + len(dropped)}); "
+                f"lower min_utterances_per_speaker to keep them", stacklevel=2)
+        class_of = np.full(len(self.corpus.speakers), -1, dtype=np.int64)
+        class_of[keep] = np.arange(len(keep))
+        mask = class_of[original] >= 0
+        self.train_items = train[mask]
+        self.train_labels = class_of[original[mask]]
+        self._class_speakers = keep  # corpus speaker id of every class
+        self._trials_cache: dict[str, Trials] = {}
+        self._described = False
+
+    # -- sizes linked to the model ------------------------------------------------------------
+    @property
+    def num_speakers(self) -> int:
+        """Training classes (training speakers, renumbered ``0..C-1``)."""
+        return len(self._class_speakers)
+
+    @property
+    def speaker_names(self) -> list[str]:
+        """Name of every training class, in class order."""
+        return [self.corpus.speakers[s] for s in self._class_speakers]
+
+    @property
+    def sample_rate(self) -> int:
+        return self.corpus.sample_rate
+
+    @property
+    def feature_config(self) -> FeatureConfig | None:
+        """Configuration of the cached features trained on, ``None`` for raw audio."""
+        return self.corpus.feature_configs[self.features] if self.features else None
+
+    @property
+    def feature_dim(self) -> int | None:
+        """Dimension of the training features, ``None`` for raw audio."""
+        return self.feature_config.dim if self.features else None
+
+    # -- sizes in samples / frames ------------------------------------------------------------
+    def crop_samples(self) -> tuple[int, int]:
+        """(min, max) training crop length in samples."""
+        hi = int(round(self.crop_seconds * self.sample_rate))
+        lo = hi if self.min_crop_seconds is None else int(round(self.min_crop_seconds * self.sample_rate))
+        return lo, hi
+
+    def crop_lengths(self) -> tuple[int, int]:
+        """(min, max) training crop length in the unit cropped: samples, or frames of the cached features."""
+        lo, hi = self.crop_samples()
+        if self.features:
+            cfg = self.feature_config
+            return int(frame_count(lo, self.sample_rate, cfg)), int(frame_count(hi, self.sample_rate, cfg))
+        return lo, hi
+
+    def _eval_max_samples(self) -> int | None:
+        return None if self.eval_max_seconds is None else int(round(self.eval_max_seconds * self.sample_rate))
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1 and getattr(
+                getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False):
+            raise RuntimeError(
+                "SpeakerDataModule shards its loaders by rank itself: build the Trainer with "
+                "use_distributed_sampler=False (trainer.use_distributed_sampler: false in a config)")
+        if self.cache_in_memory and not self._in_memory:
+            self.corpus.close()
+            self.corpus = Corpus(self.corpus_path, in_memory=True)
+            self._in_memory = True
+        needed = {"fit": ["val"], "validate": ["val"], "test": ["test"], None: ["val", "test"]}.get(stage, [])
+        for part in needed:
+            self._check_trials(part)
+        if stage in ("fit", None):
+            self._check_training()
+        if not self._described:
+            rank_zero_info(self.describe())
+            self._described = True
+
+    def _check_trials(self, part: str) -> None:
+        pairs, _ = self.corpus.trials(self.split, part)
+        if len(pairs):
+            return
+        items = self._parts[part]
+        n_spk = len(np.unique(self.corpus.speaker[items]))
+        other = "utterance" if self.split == "speaker" else "speaker"
+        raise CorpusError(
+            f"{self.corpus_path}: the {part!r} part of the {self.split!r} split has no trials (it holds "
+            f"{len(items)} utterance(s) of {n_spk} speaker(s); trials need at least two speakers and one of "
+            f"them with two utterances). Use a corpus with more speakers and more utterances per speaker "
+            f"(the speaker split puts 15% of the speakers in val and in test; the utterance split needs at least "
+            f"3 utterances per speaker), or try split={other!r}")
+
+    def _check_training(self) -> None:
+        if self.num_speakers < self.speakers_per_batch:
+            raise ValueError(
+                f"{self.corpus_path}: speakers_per_batch={self.speakers_per_batch} but the {self.split!r} split has "
+                f"only {self.num_speakers} training speakers with at least {self.min_utterances_per_speaker} "
+                f"utterances; lower speakers_per_batch")
+
+    def train_sampler(self) -> SpeakerBatchSampler:
+        rank, world = self._rank_world()
+        return SpeakerBatchSampler(
+            self.train_labels, self.speakers_per_batch, self.utterances_per_speaker, num_replicas=world, rank=rank,
+            seed=self.seed, batches_per_epoch=self.batches_per_epoch, crop_samples=self.crop_lengths(),
+            min_utterances=1)  # speakers below min_utterances_per_speaker were left out in __init__
+
+    def _loader_kwargs(self) -> dict:
+        return {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        self._check_training()
+        dataset = CropDataset(self.corpus, self.train_items, self.train_labels, features=self.features)
+        return DataLoader(dataset, batch_sampler=self.train_sampler(), collate_fn=collate_crops,
+                          **self._loader_kwargs())
+
+    def eval_items(self, part: str, rank: int | None = None, world_size: int | None = None) -> np.ndarray:
+        """Utterances of ``part`` that ``rank`` evaluates: longest first, then every ``world_size``-th."""
+        if part not in ("val", "test"):
+            raise ValueError(f"part must be 'val' or 'test', not {part!r}")
+        r, w = self._rank_world()
+        rank = r if rank is None else rank
+        world_size = w if world_size is None else world_size
+        items = self._parts[part]
+        lengths = self.corpus.num_samples[items]
+        max_samples = self._eval_max_samples()
+        if max_samples is not None:
+            lengths = np.minimum(lengths, max_samples)
+        ordered = items[np.lexsort((items, -lengths))]  # longest first, ties by index
+        return ordered[rank::world_size]
+
+    def _eval_loader(self, part: str) -> DataLoader:
+        dataset = UtteranceDataset(self.corpus, self.eval_items(part), max_samples=self._eval_max_samples())
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_utterances,
+                          **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def teardown(self, stage: str | None = None) -> None:
+        self.corpus.close()
+
+    # -- evaluation trials ----------------------------------------------------------------------
+    def trials(self, part: Literal["val", "test"]) -> Trials:
+        """Verification pairs and identification rows of ``part``, by corpus utterance index."""
+        if part not in ("val", "test"):
+            raise ValueError(f"part must be 'val' or 'test', not {part!r}")
+        if part not in self._trials_cache:
+            pairs, ident = self.corpus.trials(self.split, part)
+            self._trials_cache[part] = Trials(pairs=torch.from_numpy(np.asarray(pairs, dtype=np.int64)),
+                                              ident=torch.from_numpy(np.asarray(ident, dtype=np.int64)))
+        return self._trials_cache[part]
+
+    # -- summary -------------------------------------------------------------------------------
+    def describe(self) -> str:
+        """What is loaded: speakers, utterances and hours per part, classes, crops, trials."""
+        c = self.corpus
+        lines = [f"SpeakerDataModule: {self.corpus_path} ({c.sample_rate} Hz, split={self.split!r}, "
+                 f"{'features ' + self.features if self.features else 'raw audio'}"
+                 f"{', in memory' if self.cache_in_memory else ''})",
+                 f"  {'part':<6}{'speakers':>10}{'utterances':>12}{'hours':>9}{'trial pairs':>13}{'ident rows':>12}"]
+        for part in PARTS:
+            items = self._parts[part]
+            spk = len(np.unique(c.speaker[items]))
+            hours = float(c.duration[items].sum()) / 3600
+            if part == "train":
+                pairs = ident = "-"
+            else:
+                p, i = c.trials(self.split, part)
+                pairs, ident = len(p), len(i)
+            lines.append(f"  {part:<6}{spk:>10}{len(items):>12}{hours:>9.3f}{pairs:>13}{ident:>12}")
+        lo, hi = self.crop_samples()
+        crop = f"{hi / c.sample_rate:.2f} s" if lo == hi else f"{lo / c.sample_rate:.2f}-{hi / c.sample_rate:.2f} s"
+        try:
+            per_epoch = len(SpeakerBatchSampler(self.train_labels, self.speakers_per_batch, self.utterances_per_speaker,
+                                                num_replicas=self._rank_world()[1], batches_per_epoch=self.batches_per_epoch,
+                                                crop_samples=self.crop_lengths(), min_utterances=1))
+        except ValueError as err:
+            per_epoch = f"n/a ({err})"
+        lines.append(f"  training: {self.num_speakers} classes, {len(self.train_items)} utterances "
+                     f"(speakers with < {self.min_utterances_per_speaker} left out), crops {crop}, "
+                     f"{self.speakers_per_batch} speakers x {self.utterances_per_speaker} per batch, "
+                     f"{per_epoch} batches per epoch per rank")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    # LightningDataModule.__str__ would build and measure every dataloader.
+    __str__ = __repr__

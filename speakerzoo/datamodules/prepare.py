@@ -1,0 +1,600 @@
+"""``speakerzoo prepare``: decode a folder of audio files once into a corpus file (HDF5).
+
+Flow: an importer of :mod:`speakerzoo.datamodules.sources` lists the files (speaker,
+utterance id, transcript, session); :func:`prepare` decodes them with
+:func:`speakerzoo.audio.load_audio` in a pool of processes (mono, one sample rate,
+optional peak normalisation and silence trimming), writes them in a deterministic order
+through :class:`~speakerzoo.datamodules.corpus.CorpusWriter` (splits, trials and optional
+cached features included) and returns a :class:`PrepareSummary`.
+
+Unusable files are skipped and reported with their reason, never silently dropped:
+
+* missing, empty (0 bytes) or header-only files, and files libsndfile cannot decode
+  (text renamed to ``.wav``, an HTML error page saved as ``.flac``, a cut FLAC stream);
+* **truncated WAV files**, whose header declares more audio than the file holds. libsndfile
+  (soundfile) does not fail on them: it logs ``data : N (should be M)`` and returns the
+  samples that are there. We skip them anyway, because a file cut short is a damaged copy
+  (an interrupted download or copy) whose label may no longer match what is left of it,
+  and preparing again after fixing the copy gives the full clip. WAV files written as a
+  stream, whose header holds the placeholder size ``0xFFFFFFFF``, are not truncated and are
+  kept.
+
+``strict=True`` (``--strict``) turns the first unusable file into an error that names it.
+Files at another sample rate are resampled and counted per original rate; multi-channel
+files are mixed to mono (the mean of the channels) and counted. The corpus is written
+under a temporary name and renamed only when complete: an error or Ctrl-C leaves an
+existing corpus at the output path as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import multiprocessing
+import os
+import signal
+import struct
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm.auto import tqdm
+
+from speakerzoo import __version__
+from speakerzoo.audio import AudioError, load_audio
+from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter, from_pcm16, to_pcm16
+from speakerzoo.datamodules.splits import MODES, PARTS
+from speakerzoo.datamodules.sources import SOURCES, SourceError, Utterance
+from speakerzoo.features import PRESETS, FeatureConfig
+
+__all__ = ["prepare", "PrepareSummary", "PrepareError", "DEFAULT_WORKERS", "build_parser", "main"]
+
+#: Decoding processes used unless told otherwise.
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+
+#: Skipped files listed in the corpus attributes (the count is always recorded).
+_MAX_SKIPPED_IN_ATTRS = 1000
+#: Skipped files listed in the printed summary.
+_MAX_SKIPPED_PRINTED = 20
+
+
+class PrepareError(RuntimeError):
+    """Preparation cannot go on (strict mode, bad settings, nothing usable); the message says why."""
+
+
+# -- the summary -----------------------------------------------------------------------------
+
+
+@dataclass
+class PrepareSummary:
+    """What :func:`prepare` wrote; ``print(summary)`` gives the report shown by the command.
+
+    ``utterances`` counts clips with a speaker and ``noise_clips`` those without, so the
+    corpus holds ``utterances + noise_clips`` entries.
+    """
+
+    output: Path
+    sample_rate: int
+    speakers: int
+    utterances: int
+    noise_clips: int
+    seconds: float
+    resampled_from: dict[int, int] = field(default_factory=dict)
+    stereo_mixed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    splits: dict[str, dict[str, int]] = field(default_factory=dict)
+    split_speakers: dict[str, dict[str, int]] = field(default_factory=dict)
+    trials: dict[str, dict[str, int]] = field(default_factory=dict)
+    single_file_speakers: list[str] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    @property
+    def hours(self) -> float:
+        return self.seconds / 3600.0
+
+    @property
+    def files(self) -> int:
+        """Files offered to :func:`prepare` (stored plus skipped)."""
+        return self.utterances + self.noise_clips + len(self.skipped)
+
+    @property
+    def realtime_factor(self) -> float:
+        """Seconds of audio prepared per wall-clock second."""
+        return self.seconds / self.elapsed if self.elapsed > 0 else float("inf")
+
+    def __str__(self) -> str:
+        lines = [f"prepared {self.output}"]
+        row = lines.append
+        row(f"  speakers         {self.speakers}")
+        row(f"  utterances       {self.utterances}")
+        row(f"  noise clips      {self.noise_clips}  (no speaker; splits/noise)")
+        row(f"  audio            {self.hours:.3f} h ({self.seconds:.1f} s) at {self.sample_rate} Hz")
+        if self.resampled_from:
+            rates = ", ".join(f"{n} from {rate} Hz" for rate, n in sorted(self.resampled_from.items()))
+            row(f"  resampled        {rates}")
+        else:
+            row("  resampled        none")
+        row(f"  stereo -> mono   {self.stereo_mixed} file(s) mixed to mono")
+        if self.features:
+            row(f"  cached features  {', '.join(self.features)}")
+        for mode in self.splits:
+            parts = self.splits[mode]
+            trials = self.trials.get(mode, {})
+            text = ", ".join(f"{p} {n}" + (f" ({trials[p]} trial pairs)" if p in trials else "") for p, n in parts.items())
+            row(f"  split {mode:<10} {text}")
+        for mode, parts in self.split_speakers.items():
+            for part, n in parts.items():
+                if part != "train" and n < 2:
+                    row(f"  warning: split {mode}/{part} has {n} speaker(s), so it has no trials "
+                        f"(too few speakers for these --split-ratios)")
+        if self.single_file_speakers:
+            names = ", ".join(self.single_file_speakers[:10]) + (" ..." if len(self.single_file_speakers) > 10 else "")
+            row(f"  warning: {len(self.single_file_speakers)} speaker(s) have a single file and cannot be the "
+                f"anchor of a trial: {names}")
+        if self.skipped:
+            row(f"  skipped          {len(self.skipped)} file(s):")
+            for path, reason in self.skipped[:_MAX_SKIPPED_PRINTED]:
+                row(f"    {path}: {reason}")
+            if len(self.skipped) > _MAX_SKIPPED_PRINTED:
+                row(f"    ... and {len(self.skipped) - _MAX_SKIPPED_PRINTED} more (all listed in the corpus "
+                    f"attribute settings['skipped'])")
+        else:
+            row("  skipped          none")
+        row(f"  took             {self.elapsed:.1f} s ({self.realtime_factor:.0f} s of audio per second)")
+        row(f"  output           {self.output}")
+        return "\n".join(lines)
+
+
+# -- decoding (runs in worker processes) -----------------------------------------------------
+
+
+def _wav_header(path: str) -> tuple[int | None, str | None]:
+    """``(channels, truncation reason)`` from a RIFF/WAVE header; ``(None, None)`` for other files.
+
+    Only the chunk headers are read. The reason is set when the data chunk declares more
+    bytes than the file holds; RF64 files and WAVs written as a stream (data size
+    ``0xFFFFFFFF``) are not truncated.
+    """
+    channels = None
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX"):
+                return None, None
+            endian = "<" if head[:4] == b"RIFF" else ">"
+            pos = 12
+            for _ in range(64):  # a WAV has a handful of chunks before its data
+                f.seek(pos)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    break
+                cid, csize = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(4)
+                    if len(fmt) == 4:
+                        channels = struct.unpack(endian + "HH", fmt)[1]
+                elif cid == b"data":
+                    available = max(size - pos - 8, 0)
+                    if csize == 0xFFFFFFFF or csize <= available:
+                        return channels, None
+                    return channels, (f"truncated: its header declares {csize} bytes of audio but only {available} "
+                                      f"are present ({available / csize:.0%}); copy or download it again")
+                pos += 8 + csize + (csize & 1)
+    except OSError:
+        pass  # unreadable files are reported by the decoder
+    return channels, None
+
+
+def _worker_init() -> None:
+    # One thread per process (as DataLoader workers do): torch's intra-op thread pool is not
+    # safe to use after fork, and the processes already use the cores.
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the parent
+
+
+def _decode(job: tuple[int, str], sample_rate: int, normalize: bool, trim: bool):
+    """``(index, int16 PCM or None, original rate, channels, reason or None)`` for one file."""
+    index, path = job
+    try:
+        channels, reason = _wav_header(path)
+        if reason is not None:
+            return index, None, 0, 0, reason
+        wave, rate = load_audio(path, sample_rate, normalize=normalize, trim=trim)
+        if channels is None:  # not a WAV: ask libsndfile (a second open, so only when needed)
+            try:
+                channels = sf.info(path).channels
+            except Exception:  # decoded a moment ago; keep going if the header cannot be re-read
+                channels = 1
+        return index, to_pcm16(wave), rate, channels, None
+    except AudioError as err:
+        return index, None, 0, 0, err.reason
+    except Exception as err:  # a decoder failure must name the file, not kill the whole run
+        return index, None, 0, 0, f"decoding failed ({type(err).__name__}: {err})"
+
+
+def _decoded(paths: list[str], workers: int, **kwargs) -> Iterator[tuple]:
+    """Decode ``paths`` in order, in ``workers`` processes (0: in this process)."""
+    fn = functools.partial(_decode, **kwargs)
+    jobs = list(enumerate(paths))
+    if workers <= 0 or len(jobs) <= 1:
+        # Resampling one clip is a few tiny ops: intra-op threads only add synchronisation
+        # (and are much slower when the CPU is busy), as in the worker processes.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield from map(fn, jobs)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    workers = min(workers, len(jobs))
+    # fork is fast and needs no re-import; macOS and Windows spawn (fork is unsafe there).
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    ctx = multiprocessing.get_context(method)
+    chunksize = max(1, min(32, len(jobs) // (workers * 16)))
+    with ctx.Pool(workers, initializer=_worker_init) as pool:
+        yield from pool.imap(fn, jobs, chunksize=chunksize)
+
+
+# -- prepare ---------------------------------------------------------------------------------
+
+
+def _check_settings(sample_rate, ratios, features, workers, max_trial_anchors) -> list[FeatureConfig]:
+    if int(sample_rate) <= 0:
+        raise PrepareError(f"sample rate must be positive, not {sample_rate}")
+    ratios = tuple(float(r) for r in ratios)
+    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0 or ratios[0] <= 0:
+        raise PrepareError(f"split ratios must be three non-negative numbers (train val test) with train > 0, "
+                           f"not {list(ratios)}")
+    if int(workers) < 0:
+        raise PrepareError(f"workers must be 0 (decode in this process) or more, not {workers}")
+    if max_trial_anchors is not None and int(max_trial_anchors) < 1:
+        raise PrepareError(f"max trial anchors must be at least 1, not {max_trial_anchors}")
+    configs = []
+    for spec in features:
+        try:
+            cfg = FeatureConfig.parse(spec)
+        except (ValueError, TypeError) as err:
+            raise PrepareError(f"features: {err}") from None
+        if cfg.kind == "waveform":
+            raise PrepareError("features: the waveform is always stored; cache a feature such as "
+                               f"{', '.join(k for k in PRESETS if k != 'waveform')}")
+        if cfg not in configs:
+            configs.append(cfg)
+    return configs
+
+
+def prepare(
+    records: Iterable[Utterance],
+    output: str | Path,
+    sample_rate: int = 16000,
+    normalize: bool = False,
+    trim_silence: bool = False,
+    features: Sequence[str | FeatureConfig | dict] = (),
+    ratios: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    strict: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    max_trial_anchors: int | None = 2000,
+    progress: bool = True,
+    settings: dict[str, Any] | None = None,
+) -> PrepareSummary:
+    """Decode ``records`` into the corpus file ``output`` and return what was written.
+
+    Arguments:
+        records: files to store, e.g. from :mod:`speakerzoo.datamodules.sources`; stored in this order.
+        output: the ``.h5`` file; replaced only once the new one is complete.
+        sample_rate: rate of the stored audio; other rates are resampled (torchaudio, band-limited sinc).
+        normalize: scale each clip to a peak of 0.95.
+        trim_silence: cut long silences (energy below -40 dB of the loudest frame), keeping 100 ms margins.
+        features: feature presets (``fbank80``, ``fbank64``, ``mfcc26``, ``logmel64``) or
+            :class:`~speakerzoo.features.FeatureConfig` to cache beside the audio.
+        ratios: train/val/test proportions for both split modes (by utterance, by speaker).
+        seed: seed of the splits and trials.
+        strict: stop at the first unusable file instead of skipping it.
+        workers: decoding processes; 0 decodes in this process.
+        max_trial_anchors: most trial anchors per split part.
+        progress: show progress bars.
+        settings: extra entries for the corpus' ``settings`` attribute (e.g. ``{"sources": [...]}``).
+
+    Raises:
+        PrepareError: bad settings, ``strict`` and an unusable file, or no usable file at all.
+    """
+    t0 = time.perf_counter()
+    records = list(records)
+    if not records:
+        raise PrepareError("no files to prepare")
+    if isinstance(features, (str, dict, FeatureConfig)):
+        features = [features]
+    configs = _check_settings(sample_rate, ratios, features, workers, max_trial_anchors)
+    sample_rate, workers, ratios = int(sample_rate), int(workers), tuple(float(r) for r in ratios)
+    output = Path(output).expanduser()
+    if output.is_dir():
+        raise PrepareError(f"{output}: output is a folder; give a file name such as {output / 'corpus.h5'}")
+
+    extra = dict(settings or {})
+    if "sources" not in extra:
+        try:
+            extra["sources"] = [os.path.commonpath([str(r.path.parent) for r in records])]
+        except ValueError:
+            extra["sources"] = []
+    attrs: dict[str, Any] = {
+        **extra,
+        "sample_rate": sample_rate,
+        "normalize": bool(normalize),
+        "trim": bool(trim_silence),
+        "features": [c.key for c in configs],
+        "seed": int(seed),
+        "ratios": list(ratios),
+        "max_trial_anchors": max_trial_anchors,
+        "files": len(records),
+        "speakerzoo_version": __version__,
+    }
+
+    skipped: list[tuple[str, str]] = []
+    resampled: Counter[int] = Counter()
+    stereo = 0
+    paths = [str(r.path) for r in records]
+    bar = tqdm(total=len(records), desc="decoding", unit="file", disable=not progress, dynamic_ncols=True)
+    results = _decoded(paths, workers, sample_rate=sample_rate, normalize=bool(normalize), trim=bool(trim_silence))
+    try:
+        with CorpusWriter(output, sample_rate, settings=attrs) as writer:
+            for index, pcm, rate, channels, reason in results:
+                rec = records[index]
+                bar.update(1)
+                if reason is not None:
+                    if strict:
+                        raise PrepareError(f"{rec.path}: {reason} (--strict stops at the first unusable file; "
+                                           f"{output} was not written)")
+                    skipped.append((str(rec.path), reason))
+                    bar.set_postfix(skipped=len(skipped), refresh=False)
+                    continue
+                if rate != sample_rate:
+                    resampled[rate] += 1
+                stereo += channels > 1
+                writer.add(from_pcm16(pcm), speaker=rec.speaker, utt_id=rec.utt_id, path=str(rec.path),
+                           transcript=rec.transcript, session=rec.session)
+            results.close()  # ends the worker processes before the index and features are written
+            bar.close()
+            if len(writer) == 0:
+                first = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+                raise PrepareError(f"all {len(records)} files were unusable, nothing written (e.g. {first})")
+            writer.settings.update({
+                "skipped": [list(s) for s in skipped[:_MAX_SKIPPED_IN_ATTRS]],
+                "skipped_count": len(skipped),
+                "resampled_from": {str(k): v for k, v in sorted(resampled.items())},
+                "stereo_mixed": stereo,
+            })
+            writer.finish(features=configs, ratios=ratios, seed=seed, max_trial_anchors=max_trial_anchors,
+                          progress=progress)
+    finally:
+        results.close()  # on an error too: stops the workers at once (the traceback would keep them alive)
+        bar.close()
+    return _summarize(output, skipped, resampled, stereo, [c.key for c in configs], time.perf_counter() - t0)
+
+
+def _summarize(output: Path, skipped, resampled, stereo, features, elapsed) -> PrepareSummary:
+    corpus = Corpus(output)
+    try:
+        spk = corpus.speaker
+        counts = np.bincount(spk[spk >= 0], minlength=len(corpus.speakers))
+        splits: dict[str, dict[str, int]] = {}
+        split_speakers: dict[str, dict[str, int]] = {}
+        trials: dict[str, dict[str, int]] = {}
+        for mode in MODES:
+            splits[mode] = {p: len(corpus.split(mode, p)) for p in PARTS}
+            split_speakers[mode] = {p: len(np.unique(spk[corpus.split(mode, p)])) for p in PARTS}
+            trials[mode] = {}
+            for p in ("val", "test"):
+                try:
+                    trials[mode][p] = len(corpus.trials(mode, p)[0])
+                except CorpusError:
+                    pass
+        return PrepareSummary(
+            output=output,
+            sample_rate=corpus.sample_rate,
+            speakers=len(corpus.speakers),
+            utterances=int((spk >= 0).sum()),
+            noise_clips=int((spk < 0).sum()),
+            seconds=float(corpus.duration.astype(np.float64).sum()),
+            resampled_from=dict(sorted(resampled.items())),
+            stereo_mixed=int(stereo),
+            skipped=list(skipped),
+            splits=splits,
+            split_speakers=split_speakers,
+            trials=trials,
+            single_file_speakers=[corpus.speakers[i] for i in np.flatnonzero(counts == 1)],
+            features=list(features),
+            elapsed=elapsed,
+        )
+    finally:
+        corpus.close()
+
+
+# -- command line ----------------------------------------------------------------------------
+
+# source -> (metavar, one-line help, description, example)
+_EXAMPLES = {
+    "folder": ("ROOT", "any folder with one sub-folder per speaker",
+               "a folder with one sub-folder per speaker: ROOT/<speaker>/**/*.{wav,flac,ogg,mp3}; "
+               "the first folder level names the speaker and utt_id is the path without its extension",
+               "speakerzoo prepare folder data/my_speakers --output corpora/mine.h5"),
+    "manifest": ("CSV", "a CSV list of files (path,speaker[,transcript,session,utt_id])",
+                 "a CSV file with a header and columns path,speaker (required) and transcript,session,utt_id "
+                 "(optional); relative paths are read from the CSV's folder; an empty speaker cell marks noise",
+                 "speakerzoo prepare manifest data/list.csv --output corpora/list.h5 --sample-rate 16000"),
+    "fsdd": ("ROOT", "Free Spoken Digit Dataset",
+             "the Free Spoken Digit Dataset (its root or recordings/): {digit}_{speaker}_{index}.wav, "
+             "8 kHz; transcripts are the digits as words",
+             "speakerzoo prepare fsdd ../shared/data/fsdd --output corpora/fsdd.h5 --sample-rate 8000 --features mfcc26"),
+    "speech-commands": ("ROOT", "Speech Commands (v0.01/v0.02, full or test set)",
+                        "Speech Commands: {word}/{speaker}_nohash_{n}.wav, _unknown_/{word}_{speaker}_nohash_{n}.wav.wav; "
+                        "_silence_/ and _background_noise_/ clips are stored as noise without a speaker",
+                        "speakerzoo prepare speech-commands ../shared/data/speech_commands_test --output corpora/sc.h5 --features fbank80"),
+    "librispeech": ("ROOT", "LibriSpeech (one subset or several)",
+                    "LibriSpeech: {speaker}/{chapter}/{speaker}-{chapter}-{utt}.flac with "
+                    "{speaker}-{chapter}.trans.txt transcripts; session = chapter",
+                    "speakerzoo prepare librispeech LibriSpeech/dev-clean --output corpora/libri-dev.h5 --trim-silence"),
+    "voxceleb": ("ROOT", "VoxCeleb1/2 (wav; convert VoxCeleb2 .m4a first)",
+                 "VoxCeleb1/2: {id}/{video}/{n}.wav; session = video. VoxCeleb2's AAC .m4a files cannot be "
+                 "decoded: convert them to wav with ffmpeg first",
+                 "speakerzoo prepare voxceleb vox1_test_wav/wav --output corpora/vox1-test.h5 --workers 8"),
+}
+_TOY_EXAMPLE = "speakerzoo prepare toy --output corpora/toy.h5 --speakers 40 --utterances 24 --features fbank80"
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a ratio cannot be negative: {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer: {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
+    return value
+
+
+def _feature_help() -> str:
+    names = [k for k in PRESETS if k != "waveform"]
+    return f"feature presets to cache beside the audio ({', '.join(names)}); default: none"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    examples = "\n".join(f"  {ex}" for *_, ex in _EXAMPLES.values()) + f"\n  {_TOY_EXAMPLE}"
+    parser = argparse.ArgumentParser(
+        prog="speakerzoo prepare",
+        description=(
+            "Decode a speech corpus once into a single HDF5 corpus file (16-bit PCM at one sample rate, "
+            "speakers, transcripts, seeded splits by utterance and by speaker, verification and "
+            "identification trials, optional cached features). Unreadable, empty, non-audio and "
+            "truncated files are skipped and listed (--strict stops at the first). The output is "
+            "written under a temporary name and only replaces OUT.h5 when complete."
+        ),
+        epilog="examples:\n" + examples + "\n\nrun `speakerzoo prepare SOURCE --help` for the options of one source.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True,
+                                title="sources", description="layout of the files to prepare")
+
+    common = argparse.ArgumentParser(add_help=False)
+    opts = common.add_argument_group("options")
+    opts.add_argument("--output", "-o", required=True, type=Path, metavar="OUT.h5", help="corpus file to write (required)")
+    opts.add_argument("--sample-rate", type=_positive_int, default=16000, metavar="HZ",
+                      help="sample rate of the stored audio; other rates are resampled (default: 16000)")
+    opts.add_argument("--normalize", action="store_true", help="scale every clip to a peak of 0.95")
+    opts.add_argument("--trim-silence", action="store_true",
+                      help="cut silences longer than 200 ms (frames 40 dB below the loudest), keeping 100 ms margins")
+    opts.add_argument("--features", nargs="+", default=[], metavar="NAME", help=_feature_help())
+    opts.add_argument("--split-ratios", nargs=3, type=_ratio, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
+                      help="proportions of the train/val/test parts, by utterance and by speaker (default: 0.7 0.15 0.15)")
+    opts.add_argument("--seed", type=int, default=0, help="seed of the splits and trials (default: 0)")
+    opts.add_argument("--strict", action="store_true", help="stop at the first unusable file instead of skipping it")
+    opts.add_argument("--workers", type=_non_negative_int, default=DEFAULT_WORKERS, metavar="N",
+                      help=f"decoding processes; 0 decodes in this process (default: {DEFAULT_WORKERS})")
+    opts.add_argument("--max-trial-anchors", type=_positive_int, default=2000, metavar="N",
+                      help="most trial anchors per val/test part (default: 2000)")
+    opts.add_argument("--quiet", "-q", action="store_true", help="no progress bars; print only the output path")
+
+    for name, (metavar, short, what, example) in _EXAMPLES.items():
+        p = sub.add_parser(name, parents=[common], help=short,
+                           description=f"{what}.", epilog=f"example:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("path", type=Path, metavar=metavar, help="the CSV file" if name == "manifest" else "the corpus folder")
+
+    toy = sub.add_parser("toy", help="a deterministic synthetic multi-speaker corpus (for tests and demos)",
+                         description="Generate a deterministic synthetic multi-speaker corpus (no files needed).",
+                         epilog=f"example:\n  {_TOY_EXAMPLE}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = toy.add_argument_group("options")
+    t.add_argument("--output", "-o", required=True, type=Path, metavar="OUT.h5", help="corpus file to write (required)")
+    t.add_argument("--speakers", type=_positive_int, default=40, help="number of speakers (default: 40)")
+    t.add_argument("--utterances", type=_positive_int, default=24, help="utterances per speaker (default: 24)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the voices, splits and trials (default: 0)")
+    t.add_argument("--sample-rate", type=_positive_int, default=16000, metavar="HZ", help="sample rate (default: 16000)")
+    t.add_argument("--features", nargs="+", default=[], metavar="NAME", help=_feature_help())
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress bars; print only the output path")
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"speakerzoo prepare: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _run_toy(args: argparse.Namespace) -> int:
+    try:
+        from speakerzoo.datamodules.toy import prepare_toy
+    except ImportError as err:
+        return _error(f"the toy corpus generator is not available in this installation ({err})")
+    _check_settings(args.sample_rate, (0.7, 0.15, 0.15), args.features, 0, 1)
+    path = prepare_toy(args.output, speakers=args.speakers, utterances=args.utterances, seed=args.seed,
+                       sample_rate=args.sample_rate, features=tuple(args.features), progress=not args.quiet)
+    if args.quiet:
+        print(path)
+    else:
+        corpus = Corpus(path)
+        print(f"prepared {path}: {len(corpus.speakers)} speakers, {len(corpus)} utterances, "
+              f"{float(corpus.duration.sum()) / 3600:.3f} h at {corpus.sample_rate} Hz")
+        corpus.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``speakerzoo prepare ...``; returns the exit code (0 done, 2 error, 130 interrupted)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error (2, already printed by argparse)
+        return int(stop.code or 0) if not isinstance(stop.code, str) else 2
+    output = getattr(args, "output", None)
+    try:
+        if args.source == "toy":
+            return _run_toy(args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            records = SOURCES[args.source](args.path)
+        for w in caught:
+            print(f"speakerzoo prepare: warning: {w.message}", file=sys.stderr)
+        command = "speakerzoo prepare " + " ".join(argv if argv is not None else sys.argv[1:])
+        summary = prepare(
+            records, args.output, sample_rate=args.sample_rate, normalize=args.normalize,
+            trim_silence=args.trim_silence, features=args.features, ratios=args.split_ratios, seed=args.seed,
+            strict=args.strict, workers=args.workers, max_trial_anchors=args.max_trial_anchors,
+            progress=not args.quiet,
+            settings={"sources": [{"kind": args.source, "path": str(Path(args.path).expanduser().resolve())}],
+                      "command": command},
+        )
+    except KeyboardInterrupt:
+        print(f"speakerzoo prepare: interrupted; {output} was left as it was", file=sys.stderr)
+        return 130
+    except (SourceError, PrepareError, CorpusError, AudioError, ValueError, OSError) as err:
+        return _error(str(err))
+    if args.quiet:
+        print(summary.output)
+        if summary.skipped:
+            print(f"speakerzoo prepare: warning: skipped {len(summary.skipped)} unusable file(s); "
+                  f"run without --quiet for the list", file=sys.stderr)
+    else:
+        print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""P speakers x K utterances per batch, sharded by rank (the batch sampler of the training loader).
+
+The idea is clovaai/voxceleb_trainer's sampler (N speakers x M utterances per batch, the
+epoch's batches divided between ranks); the construction is our own:
+
+1. every epoch (``set_epoch``), each speaker's utterances are shuffled and cut into groups
+   of K distinct utterances; the remainder (fewer than K) waits for a later epoch, whose
+   shuffle puts other utterances in the remainder. A speaker with fewer than K utterances
+   (but at least ``min_utterances``) gives one group per epoch, filled up *by repetition*:
+   every entry still gets its own crop seed, so repeated utterances give different crops.
+   Speakers with fewer than ``min_utterances`` utterances are left out, with a warning that
+   says how many;
+2. the groups are packed into batches of P groups of P *different* speakers: each batch
+   takes the P speakers with the most groups left (ties broken at random), which is the
+   packing that leaves the fewest groups unused. The number of batches therefore depends
+   only on the utterance counts, never on the shuffle, so ``len()`` is exact;
+3. the batches are shuffled, a crop length is drawn per batch (one length for the whole
+   batch, in ``[min, max]``) and a crop seed per entry, and rank ``r`` of ``R`` takes batches
+   ``r, r + R, r + 2R, ...``: ranks get the same number of batches and never share one.
+
+Everything is drawn from ``numpy.random.default_rng((seed, epoch, round))``, identical in
+every rank, so the ranks agree on the global batch list without communicating.
+
+Lightning calls ``set_epoch`` on ``dataloader.sampler`` and ``dataloader.batch_sampler.sampler``
+(``lightning.fabric.utilities.data._set_sampler_epoch``), not on the batch sampler itself;
+:attr:`SpeakerBatchSampler.sampler` is therefore the sampler itself. Because it already
+shards by rank, the Trainer must be built with ``use_distributed_sampler=False``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+Entry = tuple[int, int, int]  # (item index, crop length, crop seed)
+
+
+def eligible_classes(labels: np.ndarray, min_utterances: int) -> tuple[np.ndarray, np.ndarray]:
+    """Classes (``label >= 0``) with at least ``min_utterances`` items, and those with fewer."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels[labels >= 0], return_counts=True)
+    return classes[counts >= min_utterances], classes[counts < min_utterances]
+
+
+class SpeakerBatchSampler(Sampler[list[Entry]]):
+    """Batches of ``speakers_per_batch`` x ``utterances_per_speaker`` entries ``(item, crop, seed)``.
+
+    Arguments:
+        speakers: class label of every training item (``-1``: never sampled).
+        speakers_per_batch: P, different speakers in every batch.
+        utterances_per_speaker: K, entries of each speaker in a batch (distinct utterances
+            when the speaker has at least K).
+        num_replicas, rank: data-parallel world size and this process' rank.
+        seed: the shuffle seed, shared by all ranks.
+        batches_per_epoch: batches that *each rank* yields per epoch; ``None`` = one pass over
+            the data (as many batches as the packing gives, divided between ranks). More
+            batches than one pass gives are taken from further passes with fresh shuffles.
+        crop_samples: crop length of every entry, or ``(min, max)`` to draw one length per batch.
+        drop_last: with ``None`` batches per epoch, drop the batches that do not divide evenly
+            between ranks (``True``) or give every rank the same number by repeating batches
+            from the start of the epoch (``False``; only those repeats are shared by ranks).
+        min_utterances: speakers with fewer items are not sampled (a warning says how many).
+
+    Example::
+
+        >>> labels = np.repeat(np.arange(4), 3)           # 4 speakers x 3 utterances
+        >>> s = SpeakerBatchSampler(labels, 2, 2, crop_samples=(100, 200))
+        >>> len(s), [len(b) for b in s]
+        (2, [4, 4])
+    """
+
+    def __init__(self, speakers: np.ndarray, speakers_per_batch: int, utterances_per_speaker: int,
+                 num_replicas: int = 1, rank: int = 0, seed: int = 0, batches_per_epoch: int | None = None,
+                 crop_samples: int | tuple[int, int] = 32000, drop_last: bool = True, min_utterances: int = 2):
+        labels = np.asarray(speakers, dtype=np.int64)
+        if labels.ndim != 1:
+            raise ValueError(f"speakers must be a 1-D array of labels, got shape {labels.shape}")
+        if speakers_per_batch < 1 or utterances_per_speaker < 1:
+            raise ValueError(f"need speakers_per_batch >= 1 and utterances_per_speaker >= 1 "
+                             f"(got {speakers_per_batch} and {utterances_per_speaker})")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, num_replicas={num_replicas})")
+        if batches_per_epoch is not None and batches_per_epoch < 1:
+            raise ValueError(f"batches_per_epoch must be positive or None (got {batches_per_epoch})")
+        if isinstance(crop_samples, (int, np.integer)):
+            crop = (int(crop_samples), int(crop_samples))
+        else:
+            crop = (int(crop_samples[0]), int(crop_samples[1]))
+        if not 1 <= crop[0] <= crop[1]:
+            raise ValueError(f"crop_samples must be a positive length or (min, max) with min <= max (got {crop_samples})")
+        self.labels = labels
+        self.P, self.K = int(speakers_per_batch), int(utterances_per_speaker)
+        self.num_replicas, self.rank, self.seed = int(num_replicas), int(rank), int(seed)
+        self.batches_per_epoch = batches_per_epoch
+        self.crop_samples = crop
+        self.drop_last = bool(drop_last)
+        self.min_utterances = int(min_utterances)
+        self.epoch = 0
+
+        keep, dropped = eligible_classes(labels, max(self.min_utterances, 1))
+        if len(dropped):
+            warnings.warn(
+                f"SpeakerBatchSampler: {len(dropped)} speaker(s) with fewer than {self.min_utterances} utterances "
+                f"are left out of training (of {len(keep) + len(dropped)})", stacklevel=2)
+        self._members = [np.flatnonzero(labels == c) for c in keep]
+        self._groups = np.array([max(len(m) // self.K, 1) for m in self._members], dtype=np.int64)
+        self.num_speakers = len(self._members)
+        if self.num_speakers < self.P:
+            raise ValueError(
+                f"a batch needs {self.P} different speakers but only {self.num_speakers} have at least "
+                f"{self.min_utterances} utterances; lower speakers_per_batch")
+        self._pass_batches = self._max_batches(self._groups, self.P)
+        if self._pass_batches < self.num_replicas and batches_per_epoch is None and self.drop_last:
+            raise ValueError(
+                f"one pass over the data gives {self._pass_batches} batch(es) of {self.P} x {self.K}, fewer than "
+                f"the {self.num_replicas} ranks; set batches_per_epoch, drop_last=False or smaller batches")
+
+    # Lightning calls set_epoch on batch_sampler.sampler (see the module docstring).
+    @property
+    def sampler(self) -> "SpeakerBatchSampler":
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @staticmethod
+    def _max_batches(groups: np.ndarray, p: int) -> int:
+        """Largest B such that B batches of p different speakers fit: sum(min(g, B)) >= p B."""
+        lo, hi = 0, int(groups.sum()) // p
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if int(np.minimum(groups, mid).sum()) >= p * mid:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def __len__(self) -> int:
+        if self.batches_per_epoch is not None:
+            return int(self.batches_per_epoch)
+        if self.drop_last:
+            return self._pass_batches // self.num_replicas
+        return math.ceil(self._pass_batches / self.num_replicas)
+
+    def _one_pass(self, rng: np.random.Generator) -> list[list[Entry]]:
+        """All batches of one pass over the data (global: the same list in every rank)."""
+        queues: list[list[np.ndarray]] = []
+        for members in self._members:
+            order = rng.permutation(members)
+            if len(order) < self.K:  # fill up by repetition (documented above)
+                order = np.concatenate([order, rng.choice(members, self.K - len(order))])
+            queues.append([order[j * self.K:(j + 1) * self.K] for j in range(len(order) // self.K)])
+        left = self._groups.copy()
+        batches: list[np.ndarray] = []
+        for _ in range(self._pass_batches):
+            # The P speakers with the most groups left; the random fraction breaks ties.
+            pick = np.argpartition(-(left + rng.random(len(left))), self.P - 1)[: self.P]
+            pick = rng.permutation(pick)
+            batches.append(np.concatenate([queues[s][len(queues[s]) - left[s]] for s in pick]))
+            left[pick] -= 1
+        assert (left >= 0).all()
+        out = []
+        lo, hi = self.crop_samples
+        for b in rng.permutation(len(batches)):
+            crop = int(rng.integers(lo, hi + 1))
+            seeds = rng.integers(0, 2 ** 63 - 1, size=len(batches[b]))
+            out.append([(int(i), crop, int(s)) for i, s in zip(batches[b], seeds)])
+        return out
+
+    def global_batches(self) -> list[list[Entry]]:
+        """This epoch's batches of all ranks, in order; rank r takes ``[r::num_replicas]``."""
+        total = len(self) * self.num_replicas
+        batches = self._one_pass(np.random.default_rng([self.seed, self.epoch, 0]))
+        if self.batches_per_epoch is None and not self.drop_last:
+            while len(batches) < total:  # repeat the start of the epoch (see drop_last)
+                batches = batches + batches[: total - len(batches)]
+        round_ = 1
+        while len(batches) < total:  # batches_per_epoch beyond one pass: further shuffled passes
+            batches += self._one_pass(np.random.default_rng([self.seed, self.epoch, round_]))
+            round_ += 1
+        return batches[:total]
+
+    def __iter__(self) -> Iterator[list[Entry]]:
+        batches = self.global_batches()
+        yield from batches[self.rank::self.num_replicas]

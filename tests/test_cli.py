@@ -1,0 +1,116 @@
+"""The speakerzoo command end to end: LightningCLI with the shipped configs on a real corpus file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+from speakerzoo.cli import main
+from speakerzoo.datamodules import Corpus
+from speakerzoo.datamodules.toy import prepare_toy
+from speakerzoo.zoo import ECAPA, SpeakerEmbeddingModule
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = str(REPO / "configs" / "ecapa_small.yaml")
+# Shrink the shipped small config further so each CLI test runs in seconds.
+TINY = [
+    "--model.init_args.channels=[32,32,32,32,96]", "--model.init_args.embedding_dim=32",
+    "--model.init_args.attention_channels=16", "--model.init_args.se_channels=16",
+    "--data.init_args.speakers_per_batch=4", "--data.init_args.crop_seconds=1.0",
+    "--data.init_args.num_workers=0", "--data.init_args.eval_max_seconds=1.5",
+]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return prepare_toy(tmp_path_factory.mktemp("toy") / "toy.h5", speakers=12, utterances=8, seed=3, progress=False)
+
+
+def cli(*args: str) -> None:
+    main(list(args))
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli("--help")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("prepare", "fit", "validate", "test", "predict"):
+        assert word in out
+
+
+def test_fit_fast_dev_run_with_shipped_config(toy, tmp_path):
+    cli("fit", "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", "--trainer.fast_dev_run=2",
+        f"--trainer.default_root_dir={tmp_path}")
+
+
+def test_sizes_are_linked_from_the_data_not_typed(toy, tmp_path):
+    """A config stating none of num_speakers / sample_rate / speaker_names still builds the right head."""
+    root = tmp_path / "run"
+    cli("fit", "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2", f"--trainer.logger.init_args.save_dir={root}")
+    ckpts = sorted(root.rglob("last.ckpt"))
+    assert ckpts, f"no last.ckpt under {root}"
+    assert sorted(root.rglob("best-*.ckpt")), "best checkpoint by val/eer was not kept"
+    assert sorted(root.rglob("events.out.tfevents.*")), "no TensorBoard log"
+    model = SpeakerEmbeddingModule.from_pretrained(ckpts[0])
+    corpus = Corpus(toy)
+    train_speakers = {corpus.speakers[s] for s in corpus.speaker[corpus.split("speaker", "train")]}
+    assert isinstance(model, ECAPA)
+    assert model.frontend.sample_rate == corpus.sample_rate
+    assert set(model.hparams.speaker_names) == train_speakers
+    assert model.head.classifier.weight.shape[0] == model.hparams.num_speakers == len(train_speakers)
+    # The checkpoint embeds raw audio by itself: no feature parameters restated.
+    wave = torch.from_numpy(corpus.audio(0))[None]
+    emb = model.embed(wave, torch.tensor([wave.shape[1]]))
+    assert emb.shape == (1, 32) and torch.isfinite(emb).all()
+    # validate and test from the checkpoint through the CLI
+    for sub in ("validate", "test"):
+        cli(sub, "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", f"--ckpt_path={ckpts[0]}",
+            f"--trainer.logger.init_args.save_dir={root / sub}")
+
+
+def test_resume_from_last_checkpoint_continues_the_epoch_count(toy, tmp_path):
+    root = tmp_path / "run"
+    common = ["fit", "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", "--trainer.limit_train_batches=2",
+              f"--trainer.logger.init_args.save_dir={root}", "--trainer.logger.init_args.version=0"]
+    cli(*common, "--trainer.max_epochs=1")
+    last = next(root.rglob("last.ckpt"))
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+    cli(*common, "--trainer.max_epochs=2", f"--ckpt_path={last}")
+    state = torch.load(next(root.rglob("last.ckpt")), weights_only=True)
+    # exactly one more epoch of 2 steps: nothing repeated, nothing skipped
+    assert state["global_step"] == 4
+    assert state["loops"]["fit_loop"]["epoch_progress"]["total"]["completed"] == 2
+
+
+def test_ddp_on_two_cpu_processes(toy, tmp_path):
+    """Two processes with gloo, through the real console entry point and the ddp preset."""
+    root = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "speakerzoo.cli", "fit", "-c", SMALL, "-c", str(REPO / "configs/trainer/ddp.yaml"),
+           *TINY, f"--data.init_args.corpus={toy}", "--trainer.accelerator=cpu", "--trainer.devices=2",
+           "--trainer.sync_batchnorm=false", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+           f"--trainer.logger.init_args.save_dir={root}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = torch.load(next(root.rglob("last.ckpt")), weights_only=True)
+    # 3 batches per rank; both ranks step together, so the global step is 3, not 6.
+    assert state["global_step"] == 3
+    # validation ran on both ranks and produced the monitored EER
+    scores = [v["best_model_score"] for k, v in state["callbacks"].items() if "val/eer" in k]
+    assert scores and 0.0 <= float(scores[0]) <= 1.0
+
+
+def test_prepare_is_dispatched(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli("prepare", "toy", "--output", str(tmp_path / "t.h5"), "--speakers", "3", "--utterances", "4", "--quiet")
+    assert exit_info.value.code == 0
+    with h5py.File(tmp_path / "t.h5") as h5:
+        assert h5.attrs["complete"]

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import h5py
+import lightning
 import pytest
 import torch
 
 from speakerzoo.cli import main
-from speakerzoo.datamodules import Corpus
+from speakerzoo.datamodules import Corpus, SpeakerDataModule
 from speakerzoo.datamodules.toy import prepare_toy
 from speakerzoo.zoo import ECAPA, SpeakerEmbeddingModule
 
@@ -114,3 +115,40 @@ def test_prepare_is_dispatched(tmp_path, capsys):
     assert exit_info.value.code == 0
     with h5py.File(tmp_path / "t.h5") as h5:
         assert h5.attrs["complete"]
+
+
+def test_bf16_autocast_and_early_stopping_compose(toy, tmp_path):
+    """The mixed-precision path (bf16 autocast works on CPU too) with the EarlyStopping preset."""
+    root = tmp_path / "run"
+    cli("fit", "-c", SMALL, "-c", str(REPO / "configs/trainer/early_stopping.yaml"), *TINY,
+        f"--data.init_args.corpus={toy}", "--trainer.precision=bf16-mixed", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2", f"--trainer.logger.init_args.save_dir={root}")
+    state = torch.load(next(root.rglob("last.ckpt")), weights_only=True)
+    assert any(key.startswith("EarlyStopping") for key in state["callbacks"])
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_predict_returns_embeddings_of_the_test_part(toy, tmp_path):
+    root = tmp_path / "run"
+    cli("fit", "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=1", f"--trainer.logger.init_args.save_dir={root}")
+    model = SpeakerEmbeddingModule.from_pretrained(next(root.rglob("last.ckpt")))
+    dm = SpeakerDataModule(str(toy), num_workers=0, eval_max_seconds=1.5)
+    out = lightning.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(model, datamodule=dm)
+    index = torch.cat([o["index"] for o in out])
+    emb = torch.cat([o["embedding"] for o in out])
+    assert sorted(index.tolist()) == sorted(Corpus(toy).split("speaker", "test").tolist())
+    assert emb.shape == (len(index), 32) and torch.isfinite(emb).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", ["gpu", "amp16", "bf16"])
+def test_gpu_presets(toy, tmp_path, preset):
+    root = tmp_path / "run"
+    cli("fit", "-c", SMALL, "-c", str(REPO / f"configs/trainer/{preset}.yaml"), *TINY,
+        f"--data.init_args.corpus={toy}", "--trainer.devices=1", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=3", f"--trainer.logger.init_args.save_dir={root}")
+    state = torch.load(next(root.rglob("last.ckpt")), weights_only=True)
+    assert state["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())

@@ -152,3 +152,13 @@ def test_gpu_presets(toy, tmp_path, preset):
     state = torch.load(next(root.rglob("last.ckpt")), weights_only=True)
     assert state["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_cached_features_must_match_the_model_frontend(tmp_path):
+    toy = prepare_toy(tmp_path / "feats.h5", speakers=12, utterances=6, seed=4, features=("fbank80", "mfcc26"),
+                      progress=False)
+    args = ["fit", "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2", f"--trainer.logger.init_args.save_dir={tmp_path / 'run'}"]
+    cli(*args, "--data.init_args.features=fbank80")  # the model's own frontend: trains on the cache
+    with pytest.raises(ValueError, match="cached features"):
+        cli(*args, "--data.init_args.features=mfcc26")

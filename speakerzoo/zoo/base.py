@@ -183,6 +183,22 @@ class SpeakerEmbeddingModule(L.LightningModule):
                 f"{type(self).__name__}.__init__ must call self.save_hyperparameters(); "
                 "without them its checkpoints cannot be rebuilt by from_pretrained"
             )
+        # Cached features from the corpus must be exactly what this model's frontend computes
+        # at inference, or training and test features would differ.
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        cached = getattr(datamodule, "feature_config", None)
+        if cached is not None and cached != self.frontend.config:
+            raise ValueError(
+                f"the DataModule serves cached features {cached} but {type(self).__name__} computes "
+                f"{self.frontend.config}; set the model's frontend to the same preset, or train on audio "
+                "(data.init_args.features: null)"
+            )
+        rate = getattr(datamodule, "sample_rate", None)
+        if rate is not None and int(rate) != self.sample_rate:
+            raise ValueError(
+                f"the corpus is at {rate} Hz but {type(self).__name__} expects {self.sample_rate} Hz audio; "
+                f"prepare the corpus with --sample-rate {self.sample_rate} (or build the model for {rate} Hz)"
+            )
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         features, frame_lengths = self.features(batch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from unittest import mock
 from pathlib import Path
 
 import h5py
@@ -34,7 +35,9 @@ def toy(tmp_path_factory) -> Path:
 
 
 def cli(*args: str) -> None:
-    main(list(args))
+    # LightningCLI warns when sys.argv (here pytest's) and args are both given.
+    with mock.patch.object(sys, "argv", ["speakerzoo"]):
+        main(list(args))
 
 
 def test_help_lists_subcommands(capsys):

@@ -233,6 +233,17 @@ def test_fit_logs_training_and_trial_metrics(fitted):
     assert model.trainer.global_step == 2
 
 
+def direct_scoring(model, dm):
+    """Embeddings of every val utterance in one batch, and the EER of the val pairs scored by hand."""
+    model.eval()
+    with torch.no_grad():
+        batch = collate(dm.val_items)
+        emb = model.embed(batch["waveforms"], batch["lengths"])
+    pairs = dm._trials.pairs
+    scores = F.cosine_similarity(emb[pairs[:, 0] - 100], emb[pairs[:, 1] - 100])
+    return emb, eer(scores, pairs[:, 2])
+
+
 def test_validation_eer_equals_direct_scoring(fitted):
     from speakerzoo.scoring import identification_accuracy
 
@@ -240,13 +251,8 @@ def test_validation_eer_equals_direct_scoring(fitted):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = t.validate(model, datamodule=dm, verbose=False)[0]
-    model.eval()
-    with torch.no_grad():
-        batch = collate(dm.val_items)
-        emb = model.embed(batch["waveforms"], batch["lengths"])
-    pairs = dm._trials.pairs
-    scores = F.cosine_similarity(emb[pairs[:, 0] - 100], emb[pairs[:, 1] - 100])
-    assert out["val/eer"] == pytest.approx(eer(scores, pairs[:, 2]), abs=1e-5)
+    emb, pair_eer = direct_scoring(model, dm)
+    assert out["val/eer"] == pytest.approx(pair_eer, abs=1e-5)
     ident = dm._trials.ident - 100
     assert out["val/ident_acc"] == pytest.approx(identification_accuracy(emb[ident[:, 0]], emb[ident[:, 1:]]), abs=1e-6)
 
@@ -260,12 +266,8 @@ def test_validation_scores_the_right_utterances():
         oracle.proj.bias.zero_()
     dm = SynthDataModule()
     out = trainer().validate(oracle, datamodule=dm, verbose=False)[0]
-    with torch.no_grad():
-        batch = collate(dm.val_items)
-        emb = oracle.embed(batch["waveforms"], batch["lengths"])
-    pairs = dm._trials.pairs
-    scores = F.cosine_similarity(emb[pairs[:, 0] - 100], emb[pairs[:, 1] - 100])
-    assert out["val/eer"] == pytest.approx(eer(scores, pairs[:, 2]), abs=1e-6)
+    _, pair_eer = direct_scoring(oracle, dm)
+    assert out["val/eer"] == pytest.approx(pair_eer, abs=1e-6)
     assert out["val/eer"] < 0.1 and out["val/ident_acc"] > 0.9, out
 
 

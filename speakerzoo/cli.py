@@ -58,7 +58,9 @@ class SpeakerZooCLI(LightningCLI):
         })
 
 
-def run_lightning(argv: list[str]) -> None:
+def run_lightning(argv: list[str] | None = None) -> None:
+    """LightningCLI on ``argv`` (``None``: ``sys.argv``, which keeps LightningCLI from warning
+    that it was given both)."""
     SpeakerZooCLI(
         SpeakerEmbeddingModule,
         LightningDataModule,
@@ -71,11 +73,11 @@ def run_lightning(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "prepare":
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "prepare":
         from speakerzoo.datamodules.prepare import main as prepare_main
 
-        raise SystemExit(prepare_main(argv[1:]))
+        raise SystemExit(prepare_main(args[1:]))
     run_lightning(argv)
 
 

@@ -165,3 +165,12 @@ def test_cached_features_must_match_the_model_frontend(tmp_path):
     cli(*args, "--data.init_args.features=fbank80")  # the model's own frontend: trains on the cache
     with pytest.raises(ValueError, match="cached features"):
         cli(*args, "--data.init_args.features=mfcc26")
+
+
+def test_a_validation_with_no_complete_trial_does_not_stop_training(toy, tmp_path):
+    """With limit_val_batches too small for any trial, val/eer is NaN and checkpointing goes on."""
+    root = tmp_path / "run"
+    cli("fit", "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", "--data.init_args.eval_batch_size=1",
+        "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=1", f"--trainer.logger.init_args.save_dir={root}")
+    assert next(root.rglob("last.ckpt")).is_file()

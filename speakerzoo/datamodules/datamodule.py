@@ -211,8 +211,8 @@ class SpeakerDataModule(lightning.LightningDataModule):
             f"{self.corpus_path}: the {part!r} part of the {self.split!r} split has no trials (it holds "
             f"{len(items)} utterance(s) of {n_spk} speaker(s); trials need at least two speakers and one of "
             f"them with two utterances). Use a corpus with more speakers and more utterances per speaker "
-            f"(the speaker split puts 15% of the speakers in val and in test; the utterance split needs at least "
-            f"3 utterances per speaker), or try split={other!r}")
+            f"(the speaker split puts 15% of the speakers in val and in test; the utterance split gives val and "
+            f"test trials once speakers have about 10 utterances each), or try split={other!r}")
 
     def _check_training(self) -> None:
         if self.num_speakers < self.speakers_per_batch:

@@ -22,13 +22,18 @@ PARTS = ("train", "val", "test")
 MODES = ("utterance", "speaker")
 
 
-def _allocate(n: int, ratios: tuple[float, float, float]) -> list[int]:
-    """Split ``n`` items into three counts proportional to ``ratios`` (largest remainder)."""
+def _allocate(n: int, ratios: tuple[float, float, float], rng: np.random.Generator) -> list[int]:
+    """Split ``n`` items into three counts proportional to ``ratios`` (largest remainder).
+
+    Equal remainders (val and test at equal ratios) are broken at random, so that over many
+    small speakers val and test receive the same share instead of val always first.
+    """
     r = np.asarray(ratios, dtype=float)
     r = r / r.sum()
     raw = r * n
     counts = np.floor(raw).astype(int)
-    for i in np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]:
+    order = np.lexsort((rng.random(len(r)), -np.round(raw - counts, 9)))
+    for i in order[: n - counts.sum()]:
         counts[i] += 1
     return counts.tolist()
 
@@ -47,7 +52,7 @@ def split_by_utterance(speaker: np.ndarray, ratios=(0.7, 0.15, 0.15), seed: int 
         if len(utts) < 3:
             parts["train"].append(utts)
             continue
-        n_train, n_val, n_test = _allocate(len(utts), ratios)
+        n_train, n_val, n_test = _allocate(len(utts), ratios, rng)
         if n_train == 0:
             n_train, n_test = 1, n_test - 1 if n_test else n_test
             n_val = len(utts) - n_train - n_test
@@ -61,7 +66,7 @@ def split_by_speaker(speaker: np.ndarray, ratios=(0.7, 0.15, 0.15), seed: int = 
     """Shuffle the speakers and divide them by ``ratios``; each speaker lies in one part only."""
     rng = np.random.default_rng(seed)
     speakers = rng.permutation(np.unique(speaker[speaker >= 0]))
-    n_train, n_val, _ = _allocate(len(speakers), ratios)
+    n_train, n_val, _ = _allocate(len(speakers), ratios, rng)
     groups = {"train": speakers[:n_train], "val": speakers[n_train:n_train + n_val], "test": speakers[n_train + n_val:]}
     return {p: np.flatnonzero(np.isin(speaker, g)).astype(np.int64) for p, g in groups.items()}
 

@@ -330,6 +330,12 @@ class SpeakerEmbeddingModule(L.LightningModule):
         verify = 0 < n_target < labels.numel()
         identify = usable.ident.shape[0] > 0
         if not (verify or identify):
+            if not sanity:
+                # Log NaN rather than nothing: ModelCheckpoint/EarlyStopping monitor val/eer and
+                # stop the run when the key is missing; they treat NaN as the worst value.
+                self._warn_once(f"{part}-empty", f"{part}: no trial could be scored this epoch; {part}/eer is NaN")
+                for name in ("eer", "mindcf", "ident_acc"):
+                    self.log(f"{part}/{name}", float("nan"), sync_dist=True)
             return
         shard = Trials(pairs=usable.pairs[rank::world], ident=usable.ident[rank::world])
         scores, shard_labels, hits = score_trials(index, emb, shard)

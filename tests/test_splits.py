@@ -1,0 +1,39 @@
+"""Splits and trials on label arrays (the corpus tests check them on the real corpora)."""
+
+import numpy as np
+
+from speakerzoo.datamodules.splits import make_trials, split_by_speaker, split_by_utterance
+
+
+def test_small_speakers_feed_val_and_test_alike():
+    rng = np.random.default_rng(1)
+    speaker = np.repeat(np.arange(200), rng.integers(3, 9, 200))
+    parts = split_by_utterance(speaker, seed=0)
+    n_val, n_test = len(parts["val"]), len(parts["test"])
+    assert abs(n_val - n_test) < 0.25 * (n_val + n_test) / 2, (n_val, n_test)
+    # every speaker keeps training data, parts are disjoint and cover every utterance
+    assert set(speaker[parts["train"]]) == set(range(200))
+    joined = np.concatenate(list(parts.values()))
+    assert len(joined) == len(np.unique(joined)) == len(speaker)
+
+
+def test_speaker_split_is_disjoint_and_seeded():
+    speaker = np.repeat(np.arange(40), 5)
+    a, b, c = split_by_speaker(speaker, seed=0), split_by_speaker(speaker, seed=0), split_by_speaker(speaker, seed=1)
+    assert all(np.array_equal(a[p], b[p]) for p in a)
+    assert any(not np.array_equal(a[p], c[p]) for p in a)
+    spk = {p: set(speaker[i]) for p, i in a.items()}
+    assert not (spk["train"] & spk["val"]) and not (spk["train"] & spk["test"]) and not (spk["val"] & spk["test"])
+    assert [len(spk[p]) for p in ("train", "val", "test")] == [28, 6, 6]
+
+
+def test_trials_labels_and_negatives():
+    speaker = np.repeat(np.arange(6), 4)
+    idx = np.arange(len(speaker))
+    pairs, ident = make_trials(speaker, idx, seed=0, negatives=9)
+    assert pairs.shape == (2 * len(idx), 3) and ident.shape == (len(idx), 11)
+    assert np.array_equal(pairs[:, 2], (speaker[pairs[:, 0]] == speaker[pairs[:, 1]]).astype(int))
+    assert (pairs[:, 0] != pairs[:, 1]).all()
+    assert (speaker[ident[:, 1]] == speaker[ident[:, 0]]).all() and (ident[:, 1] != ident[:, 0]).all()
+    assert (speaker[ident[:, 2:]] != speaker[ident[:, :1]]).all()
+    assert make_trials(np.zeros(5, int), np.arange(5))[0].shape == (0, 3)  # one speaker: no trials

@@ -92,14 +92,17 @@ def trim_silence(wave: np.ndarray, sample_rate: int, threshold_db: float = -40.0
     return np.concatenate([wave[: n * frame][keep_samples], tail])
 
 
-def load_audio(path: str | Path, sample_rate: int, normalize: bool = False, trim: bool = False) -> tuple[np.ndarray, int]:
-    """Decode, mix to mono and resample ``path``; returns the float32 waveform and the file's own rate."""
-    data, rate = read_audio(path)
+def condition(data: np.ndarray, rate: int, sample_rate: int, normalize: bool = False, trim: bool = False) -> np.ndarray:
+    """``[samples, channels]`` at ``rate`` -> mono float32 at ``sample_rate``, optionally trimmed and normalised."""
     wave = resample(to_mono(data), rate, sample_rate)
     if trim:
         wave = trim_silence(wave, sample_rate)
     if normalize:
         wave = normalize_volume(wave)
-    if wave.size == 0:
-        raise AudioError(path, "nothing left after silence trimming")
-    return np.ascontiguousarray(wave, dtype=np.float32), rate
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def load_audio(path: str | Path, sample_rate: int, normalize: bool = False, trim: bool = False) -> tuple[np.ndarray, int]:
+    """Decode, mix to mono and resample ``path``; returns the float32 waveform and the file's own rate."""
+    data, rate = read_audio(path)
+    return condition(data, rate, sample_rate, normalize, trim), rate

@@ -269,7 +269,7 @@ def test_seed_fixes_the_splits(fsdd_root, tmp_path, fsdd_prepared, fsdd_8k):
         np.testing.assert_array_equal(out["s0"][key], out["s0_again"][key], err_msg=key)
     differs = [k for k in out["s0"] if k.startswith("splits") and not np.array_equal(out["s0"][k], out["s1"][k])]
     assert differs, "seed 1 gave the same splits as seed 0"
-    assert Corpus(tmp_path / "s1.h5").settings["seed"] == 1 and Corpus(tmp_path / "s0.h5").settings["seed"] == 0
+    assert Corpus(tmp_path / "s1.h5").settings["split_seed"] == 1 and Corpus(tmp_path / "s0.h5").settings["split_seed"] == 0
 
 
 # -- cached features and settings ------------------------------------------------------------------
@@ -295,10 +295,11 @@ def test_cached_features_equal_the_frontend(name, request):
 
 def test_settings_are_recorded(fsdd_prepared, fsdd_8k, fsdd_root):
     s = Corpus(fsdd_prepared.path).settings
-    assert s["sample_rate"] == 16000 and s["normalize"] is False and s["trim"] is False
-    assert s["features"] == ["fbank80", "mfcc26"] and s["seed"] == 0 and s["ratios"] == [0.7, 0.15, 0.15]
+    assert Corpus(fsdd_prepared.path).sample_rate == 16000 and s["normalize"] is False and s["trim"] is False
+    assert s["features"] == ["fbank80", "mfcc26"] and s["split_seed"] == 0 and s["split_ratios"] == [0.7, 0.15, 0.15]
     assert s["skipped"] == [] and s["skipped_count"] == 0 and s["resampled_from"] == {"8000": 3000}
-    assert s["speakerzoo_version"] == __version__
+    with h5py.File(fsdd_prepared.path) as h5:
+        assert h5.attrs["speakerzoo_version"] == __version__
     assert s["sources"] == [str((fsdd_root / "recordings").resolve())]
     cli = Corpus(fsdd_8k).settings
     assert cli["sources"] == [{"kind": "fsdd", "path": str(fsdd_root.resolve())}]

@@ -104,15 +104,19 @@ class CorpusWriter:
 
     def add(self, wave: np.ndarray, speaker: str | None, utt_id: str, path: str = "", transcript: str = "",
             session: str = "") -> int:
-        """Append one utterance (float waveform at the corpus rate); ``speaker=None`` for noise clips."""
+        """Append one utterance at the corpus rate: float in [-1, 1] or int16 PCM (stored as is);
+        ``speaker=None`` for noise clips."""
         wave = np.asarray(wave)
         if wave.ndim != 1:
             # A [samples, channels] array would otherwise be flattened into interleaved garbage.
             raise ValueError(f"{path or utt_id}: expected a mono 1-D waveform, got shape {wave.shape}")
-        if not np.isfinite(wave).all():
-            # NaN/inf would be cast to arbitrary int16 values without a word.
-            raise ValueError(f"{path or utt_id}: waveform contains NaN or infinite samples")
-        pcm = to_pcm16(wave)
+        if wave.dtype == np.int16:
+            pcm = wave
+        else:
+            if not np.isfinite(wave).all():
+                # NaN/inf would be cast to arbitrary int16 values without a word.
+                raise ValueError(f"{path or utt_id}: waveform contains NaN or infinite samples")
+            pcm = to_pcm16(wave)
         if pcm.size == 0:
             raise ValueError(f"{path or utt_id}: empty waveform")
         if speaker is None:

@@ -2,7 +2,7 @@
 
 Flow: an importer of :mod:`speakerzoo.datamodules.sources` lists the files (speaker,
 utterance id, transcript, session); :func:`prepare` decodes them with
-:func:`speakerzoo.audio.load_audio` in a pool of processes (mono, one sample rate,
+:func:`speakerzoo.audio.read_audio` and :func:`~speakerzoo.audio.condition` in a pool of processes (mono, one sample rate,
 optional peak normalisation and silence trimming), writes them in a deterministic order
 through :class:`~speakerzoo.datamodules.corpus.CorpusWriter` (splits, trials and optional
 cached features included) and returns a :class:`PrepareSummary`.
@@ -43,13 +43,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
-import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from speakerzoo import __version__
-from speakerzoo.audio import AudioError, load_audio
-from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter, from_pcm16, to_pcm16
+from speakerzoo.audio import AudioError, condition, read_audio
+from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter, to_pcm16
 from speakerzoo.datamodules.splits import MODES, PARTS
 from speakerzoo.datamodules.sources import SOURCES, SourceError, Utterance
 from speakerzoo.features import PRESETS, FeatureConfig
@@ -156,20 +154,20 @@ class PrepareSummary:
 # -- decoding (runs in worker processes) -----------------------------------------------------
 
 
-def _wav_header(path: str) -> tuple[int | None, str | None]:
-    """``(channels, truncation reason)`` from a RIFF/WAVE header; ``(None, None)`` for other files.
+def _wav_truncation(path: str) -> str | None:
+    """Why a RIFF/WAVE file is truncated, or ``None`` (also for files that are not WAV).
 
-    Only the chunk headers are read. The reason is set when the data chunk declares more
-    bytes than the file holds; RF64 files and WAVs written as a stream (data size
-    ``0xFFFFFFFF``) are not truncated.
+    libsndfile reads a truncated WAV without an error and returns the samples that are
+    there, so we read the chunk headers ourselves: the file is truncated when its data chunk
+    declares more bytes than the file holds. RF64 files and WAVs written as a stream (data
+    size ``0xFFFFFFFF``) are not truncated.
     """
-    channels = None
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
             head = f.read(12)
             if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX"):
-                return None, None
+                return None
             endian = "<" if head[:4] == b"RIFF" else ">"
             pos = 12
             for _ in range(64):  # a WAV has a handful of chunks before its data
@@ -178,20 +176,16 @@ def _wav_header(path: str) -> tuple[int | None, str | None]:
                 if len(chunk) < 8:
                     break
                 cid, csize = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
-                if cid == b"fmt ":
-                    fmt = f.read(4)
-                    if len(fmt) == 4:
-                        channels = struct.unpack(endian + "HH", fmt)[1]
-                elif cid == b"data":
+                if cid == b"data":
                     available = max(size - pos - 8, 0)
                     if csize == 0xFFFFFFFF or csize <= available:
-                        return channels, None
-                    return channels, (f"truncated: its header declares {csize} bytes of audio but only {available} "
-                                      f"are present ({available / csize:.0%}); copy or download it again")
+                        return None
+                    return (f"truncated: its header declares {csize} bytes of audio but only {available} "
+                            f"are present ({available / csize:.0%}); copy or download it again")
                 pos += 8 + csize + (csize & 1)
     except OSError:
         pass  # unreadable files are reported by the decoder
-    return channels, None
+    return None
 
 
 def _worker_init() -> None:
@@ -205,16 +199,12 @@ def _decode(job: tuple[int, str], sample_rate: int, normalize: bool, trim: bool)
     """``(index, int16 PCM or None, original rate, channels, reason or None)`` for one file."""
     index, path = job
     try:
-        channels, reason = _wav_header(path)
+        reason = _wav_truncation(path)
         if reason is not None:
             return index, None, 0, 0, reason
-        wave, rate = load_audio(path, sample_rate, normalize=normalize, trim=trim)
-        if channels is None:  # not a WAV: ask libsndfile (a second open, so only when needed)
-            try:
-                channels = sf.info(path).channels
-            except Exception:  # decoded a moment ago; keep going if the header cannot be re-read
-                channels = 1
-        return index, to_pcm16(wave), rate, channels, None
+        data, rate = read_audio(path)
+        wave = condition(data, rate, sample_rate, normalize=normalize, trim=trim)
+        return index, to_pcm16(wave), rate, data.shape[1], None
     except AudioError as err:
         return index, None, 0, 0, err.reason
     except Exception as err:  # a decoder failure must name the file, not kill the whole run
@@ -328,16 +318,12 @@ def prepare(
             extra["sources"] = []
     attrs: dict[str, Any] = {
         **extra,
-        "sample_rate": sample_rate,
         "normalize": bool(normalize),
         "trim": bool(trim_silence),
         "features": [c.key for c in configs],
-        "seed": int(seed),
-        "ratios": list(ratios),
         "max_trial_anchors": max_trial_anchors,
         "files": len(records),
-        "speakerzoo_version": __version__,
-    }
+    }  # the writer adds split_seed and split_ratios; sample rate and version are file attributes
 
     skipped: list[tuple[str, str]] = []
     resampled: Counter[int] = Counter()
@@ -360,7 +346,7 @@ def prepare(
                 if rate != sample_rate:
                     resampled[rate] += 1
                 stereo += channels > 1
-                writer.add(from_pcm16(pcm), speaker=rec.speaker, utt_id=rec.utt_id, path=str(rec.path),
+                writer.add(pcm, speaker=rec.speaker, utt_id=rec.utt_id, path=str(rec.path),
                            transcript=rec.transcript, session=rec.session)
             results.close()  # ends the worker processes before the index and features are written
             bar.close()

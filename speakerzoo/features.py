@@ -94,7 +94,7 @@ class FeatureConfig:
             if spec in PRESETS:
                 return PRESETS[spec]
             if spec.lstrip().startswith("{"):
-                return cls(**json.loads(spec))
+                return cls.parse(json.loads(spec))
             raise ValueError(f"unknown feature preset {spec!r}; choose one of {sorted(PRESETS)} or give a dict")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(spec) - fields

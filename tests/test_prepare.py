@@ -415,7 +415,6 @@ def test_folder_layout(tmp_path):
 
 
 def test_toy_source_is_wired(tmp_path):
-    pytest.importorskip("speakerzoo.datamodules.toy", reason="speakerzoo.datamodules.toy not written yet")
     out = tmp_path / "toy.h5"
     assert main(["toy", "--output", str(out), "--speakers", "3", "--utterances", "4", "--seed", "5",
                  "--sample-rate", "8000", "--features", "mfcc26", "--quiet"]) == 0

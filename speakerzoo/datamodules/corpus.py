@@ -26,11 +26,12 @@ message that says how to rebuild them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -49,6 +50,22 @@ _TEXT_FIELDS = ("utt_id", "path", "transcript", "session")
 
 class CorpusError(RuntimeError):
     """A corpus file that cannot be used; the message names the file and the fix."""
+
+
+@contextlib.contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block.
+
+    Per-utterance work (one clip's features or resampling) is a handful of tiny ops: extra
+    threads only add synchronisation, and on a busy 2-core CPU they made such loops about
+    5x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def to_pcm16(wave: np.ndarray) -> np.ndarray:
@@ -196,14 +213,8 @@ class CorpusWriter:
         frame_offsets = [0]
         n = len(offsets) - 1
         bar = tqdm(total=n, desc=f"features {config.key}", unit="utt", disable=not progress, leave=False)
-        # One utterance at a time is a handful of tiny ops: intra-op threads only add
-        # synchronisation, and on a busy CPU they made this loop about 5x slower.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with single_torch_thread():
             self._feature_loop(frontend, config, offsets, data, frame_offsets, bar)
-        finally:
-            torch.set_num_threads(threads)
         bar.close()
         group.create_dataset("offsets", data=np.asarray(frame_offsets, dtype=np.int64))
         group.attrs["config"] = config.to_json()
@@ -287,6 +298,7 @@ class Corpus:
         self.speakers: list[str] = json.loads(attrs["speakers"])
         self.settings: dict[str, Any] = json.loads(attrs["settings"])
         self.offsets = h5["offsets"][:]
+        self.num_samples = np.diff(self.offsets)  # length of every utterance in samples
         self.speaker = h5["speaker"][:].astype(np.int64)
         self.duration = h5["duration"][:]
         if self.offsets[-1] != h5["audio"].shape[0]:
@@ -294,7 +306,7 @@ class Corpus:
         self._splits = {name: h5[f"splits/{name}"][:] for name in self._walk(h5["splits"])}
         self._trials = {name: h5[f"trials/{name}"][:] for name in self._walk(h5["trials"])} if "trials" in h5 else {}
         self.feature_configs: dict[str, FeatureConfig] = {
-            key: FeatureConfig(**json.loads(group.attrs["config"])) for key, group in h5.get("features", {}).items()
+            key: FeatureConfig.parse(str(group.attrs["config"])) for key, group in h5.get("features", {}).items()
         }
         self._feature_offsets = {key: h5[f"features/{key}/offsets"][:] for key in self.feature_configs}
 
@@ -325,10 +337,6 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.speaker)
 
-    @property
-    def num_samples(self) -> np.ndarray:
-        """Length of every utterance in samples."""
-        return np.diff(self.offsets)
 
     def texts(self, field: str) -> list[str]:
         """One of ``utt_id``, ``path``, ``transcript``, ``session`` for every utterance."""

@@ -36,10 +36,9 @@ from torch.utils.data import DataLoader
 from speakerzoo.datamodules.corpus import Corpus, CorpusError
 from speakerzoo.datamodules.dataset import CropDataset, UtteranceDataset, collate_crops, collate_utterances
 from speakerzoo.datamodules.sampler import SpeakerBatchSampler, eligible_classes
+from speakerzoo.datamodules.splits import PARTS
 from speakerzoo.features import FeatureConfig, frame_count
 from speakerzoo.scoring import Trials
-
-PARTS = ("train", "val", "test")
 
 
 class SpeakerDataModule(lightning.LightningDataModule):

@@ -83,11 +83,6 @@ class UtteranceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def lengths(self) -> np.ndarray:
-        """Samples that each item will return (after the centre crop)."""
-        n = self.corpus.num_samples[self.items]
-        return n if self.max_samples is None else np.minimum(n, self.max_samples)
-
     def __getitem__(self, j: int) -> tuple[np.ndarray, int]:
         i = int(self.items[j])
         n = int(self.corpus.num_samples[i])

@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from speakerzoo.audio import AudioError, condition, read_audio
-from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter, to_pcm16
+from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter, single_torch_thread, to_pcm16
 from speakerzoo.datamodules.splits import MODES, PARTS
 from speakerzoo.datamodules.sources import SOURCES, SourceError, Utterance
 from speakerzoo.features import PRESETS, FeatureConfig
@@ -216,14 +216,8 @@ def _decoded(paths: list[str], workers: int, **kwargs) -> Iterator[tuple]:
     fn = functools.partial(_decode, **kwargs)
     jobs = list(enumerate(paths))
     if workers <= 0 or len(jobs) <= 1:
-        # Resampling one clip is a few tiny ops: intra-op threads only add synchronisation
-        # (and are much slower when the CPU is busy), as in the worker processes.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with single_torch_thread():  # as in the worker processes
             yield from map(fn, jobs)
-        finally:
-            torch.set_num_threads(threads)
         return
     workers = min(workers, len(jobs))
     # fork is fast and needs no re-import; macOS and Windows spawn (fork is unsafe there).

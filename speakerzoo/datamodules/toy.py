@@ -35,10 +35,8 @@ Example (also ``speakerzoo prepare toy --output data/toy.h5``)::
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -378,22 +376,3 @@ def prepare_toy(output: str | Path, speakers: int = 40, utterances: int = 24, se
             bar.update()
         bar.close()
         return writer.finish(features=list(features), seed=seed, progress=progress)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m speakerzoo.datamodules.toy", description=prepare_toy.__doc__.split("\n")[0])
-    parser.add_argument("output")
-    parser.add_argument("--speakers", type=int, default=40)
-    parser.add_argument("--utterances", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sample-rate", type=int, default=16000)
-    parser.add_argument("--features", nargs="*", default=[])
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    path = prepare_toy(args.output, args.speakers, args.utterances, args.seed, args.sample_rate, args.features)
-    print(f"{path}: {args.speakers} x {args.utterances} utterances in {time.perf_counter() - start:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -501,8 +501,6 @@ def _plain(value: Any, where: str) -> Any:
         return value
     if isinstance(value, enum.Enum):
         return _plain(value.value, where)
-    if isinstance(value, bool):
-        return bool(value)
     if isinstance(value, int):  # numpy integers do not subclass int, but IntEnum and friends do
         return int(value)
     if isinstance(value, float):  # numpy.float64 subclasses float

@@ -13,6 +13,7 @@ to the model, so a config never states them twice::
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from lightning.pytorch import LightningDataModule
@@ -72,12 +73,21 @@ def run_lightning(argv: list[str] | None = None) -> None:
     )
 
 
+#: ``speakerzoo NAME ...`` subcommands outside LightningCLI: module with ``main(argv) -> int``.
+COMMANDS = {
+    "prepare": "speakerzoo.datamodules.prepare",
+    "embed": "speakerzoo.commands.embed",
+    "score": "speakerzoo.commands.score",
+    "export": "speakerzoo.commands.export",
+    "checkpoints": "speakerzoo.commands.checkpoints",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "prepare":
-        from speakerzoo.datamodules.prepare import main as prepare_main
-
-        raise SystemExit(prepare_main(args[1:]))
+    if args and args[0] in COMMANDS:
+        module = importlib.import_module(COMMANDS[args[0]])
+        raise SystemExit(module.main(args[1:]))
     run_lightning(argv)
 
 

@@ -1,4 +1,5 @@
-"""Scoring of speaker embeddings (ground floor): trials, cosine scores, EER, minDCF, identification.
+"""Scoring of speaker embeddings (ground floor): trials, cosine scores, EER, minDCF, identification,
+score normalisation (cohort mean, AS-norm) and deployment thresholds.
 
 Imports nothing of ours; the DataModules hand trials to models as :class:`Trials`.
 
@@ -29,6 +30,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -199,6 +201,115 @@ def min_dcf_threshold(
     return _min_dcf(scores, labels, p_target, c_miss, c_fa)[1]
 
 
+class OperatingPoint(NamedTuple):
+    """One point of a DET curve: accept ``score >= threshold``; the error rates there are fractions."""
+
+    threshold: float
+    p_fa: float
+    p_miss: float
+
+
+def threshold_at_far(scores: Tensor, labels: Tensor, far: float = 0.01) -> OperatingPoint:
+    """The deployment threshold for a false-accept rate of at most ``far``.
+
+    Of the thresholds whose measured false-accept rate is ``<= far``, the one with the largest
+    such rate; of several with that rate, the lowest (it misses fewest targets). Returns the
+    threshold and the false-accept and miss rates measured there; the threshold is ``+inf``
+    (reject everything) when no score lets a non-target through at or below ``far``.
+
+    Example::
+
+        >>> s = torch.tensor([0.9, 0.8, 0.6, 0.7, 0.5, 0.2, 0.1], dtype=torch.float64)
+        >>> y = torch.tensor([1, 1, 1, 0, 0, 0, 0])
+        >>> threshold_at_far(s, y, far=0.25)  # accept >= 0.6: 1 of 4 non-targets passes (0.7)
+        OperatingPoint(threshold=0.6, p_fa=0.25, p_miss=0.0)
+        >>> t, p_fa, p_miss = threshold_at_far(s, y, far=0.2)  # no non-target may pass: accept >= 0.8
+        >>> t, p_fa, round(p_miss, 4)
+        (0.8, 0.0, 0.3333)
+    """
+    if not 0.0 <= far <= 1.0:
+        raise ValueError(f"far must be a fraction in [0, 1], not {far}")
+    p_fa, p_miss, thr = det_curve(scores, labels)
+    # Thresholds ascend and p_fa never rises with them: the first point at or below ``far`` has
+    # the largest such rate and, of the points sharing it, the lowest threshold.
+    i = int(torch.nonzero(p_fa <= far)[0])  # the reject-all point (p_fa = 0) always qualifies
+    return OperatingPoint(float(thr[i]), float(p_fa[i]), float(p_miss[i]))
+
+
+def det_plot_data(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """DET curve on normal-deviate axes, as a standard DET plot draws it.
+
+    Returns ``(x, y)``: ``x = Φ⁻¹(P_fa)`` and ``y = Φ⁻¹(P_miss)`` (probit) at every operating
+    point of :func:`det_curve`, thresholds ascending, so ``x`` never rises and ``y`` never falls.
+    Rates of 0 and 1 give ``-inf`` and ``+inf``: clip them to the plot's axis limits.
+
+    Example::
+
+        >>> x, y = det_plot_data(torch.tensor([0.1, 0.5, 0.5, 0.9], dtype=torch.float64), torch.tensor([0, 1, 0, 1]))
+        >>> x.tolist(), y.tolist()
+        ([inf, 0.0, -inf, -inf], [-inf, -inf, 0.0, inf])
+    """
+    p_fa, p_miss, _ = det_curve(scores, labels)
+    return torch.special.ndtri(p_fa), torch.special.ndtri(p_miss)
+
+
+# --------------------------------------------------------------------------- score normalisation
+
+
+def cohort_stats(emb: Tensor, cohort: Tensor, top_k: int = 200, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of each embedding's ``top_k`` highest cosine scores against a cohort.
+
+    The statistics of adaptive score normalisation (AS-norm; Matějka et al., Interspeech 2017;
+    wespeaker's ``score_norm.py``): the cohort is a set of embeddings of speakers that are not
+    in the trials (e.g. the training part); the standard deviation is the population one
+    (``ddof = 0``, as ``numpy.std``).
+
+    Arguments:
+        emb: ``[N, D]`` embeddings (enrolment or test side).
+        cohort: ``[C, D]`` cohort embeddings, ``C >= 2``.
+        top_k: cohort scores kept per embedding (all ``C`` when ``top_k >= C``); at least 2.
+        chunk: rows of ``emb`` scored at a time (bounds memory at ``chunk x C``).
+
+    Returns:
+        ``(mean [N], std [N])`` in the dtype of the inputs.
+    """
+    if top_k < 2:
+        raise ValueError(f"top_k must be at least 2 (a standard deviation needs two scores), not {top_k}")
+    if cohort.dim() != 2 or cohort.shape[0] < 2:
+        raise ValueError(f"the cohort must be [C >= 2, D] embeddings; got shape {tuple(cohort.shape)}")
+    if emb.dim() != 2 or emb.shape[1] != cohort.shape[1]:
+        raise ValueError(f"embeddings {tuple(emb.shape)} and cohort {tuple(cohort.shape)} differ in dimension")
+    k = min(int(top_k), cohort.shape[0])
+    c = F.normalize(cohort, dim=-1)
+    means, stds = [], []
+    for start in range(0, emb.shape[0], chunk):
+        s = F.normalize(emb[start : start + chunk], dim=-1) @ c.T
+        top = torch.topk(s, k, dim=1).values
+        means.append(top.mean(dim=1))
+        stds.append(top.std(dim=1, correction=0))
+    if not means:
+        empty = emb.new_zeros(0)
+        return empty, empty.clone()
+    return torch.cat(means), torch.cat(stds)
+
+
+def as_norm(scores: Tensor, enrol_stats: tuple[Tensor, Tensor], test_stats: tuple[Tensor, Tensor]) -> Tensor:
+    """Adaptive symmetric score normalisation (AS-norm1):
+    ``((s - mu_e) / sd_e + (s - mu_t) / sd_t) / 2``.
+
+    ``enrol_stats`` and ``test_stats`` are ``(mean, std)`` from :func:`cohort_stats` of the
+    enrolment and the test embedding of each score, shaped to broadcast with ``scores``
+    (``[M]`` for ``[M]`` trial pairs; ``[A, 1]`` and ``[A, C]`` for ``[A, C]`` identification scores).
+
+    Example::
+
+        >>> as_norm(torch.tensor([0.5]), (torch.tensor([0.1]), torch.tensor([0.2])), (torch.tensor([0.3]), torch.tensor([0.1])))
+        tensor([2.])
+    """
+    (mu_e, sd_e), (mu_t, sd_t) = enrol_stats, test_stats
+    return 0.5 * ((scores - mu_e) / sd_e + (scores - mu_t) / sd_t)
+
+
 # --------------------------------------------------------------------------- identification
 
 
@@ -226,6 +337,15 @@ def identification_hits(anchor_emb: Tensor, candidate_emb: Tensor, chunk: int = 
     if not hits:
         return torch.zeros(0, dtype=torch.bool, device=anchor_emb.device)
     return torch.cat(hits)
+
+
+def identification_hits_from_scores(scores: Tensor) -> Tensor:
+    """``[A, C]`` scores with the positive candidate in column 0 -> ``[A]`` bool: it scores strictly
+    highest (a tie with a negative is a miss, as in :func:`identification_hits`). For normalised
+    scores (e.g. :func:`as_norm`), where cosine of embeddings no longer ranks the candidates."""
+    if scores.dim() != 2 or scores.shape[1] < 2:
+        raise ValueError(f"expected [A, C>=2] scores, got shape {tuple(scores.shape)}")
+    return scores[:, 0] > scores[:, 1:].amax(dim=1)
 
 
 def identification_accuracy(anchor_emb: Tensor, candidate_emb: Tensor) -> float:

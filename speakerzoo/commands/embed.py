@@ -1,0 +1,853 @@
+"""``speakerzoo embed``: embeddings of audio files or of a corpus, written to one HDF5 file.
+
+Inputs (what ``INPUT`` is decides how it is read):
+
+* a folder: every audio file below it (``.wav .flac .ogg .mp3``, sorted by relative path);
+  the first folder level names the speaker (``<speaker>/...``), files lying directly in the
+  folder have none; ``--no-speakers`` records no speakers at all;
+* a ``.csv`` manifest (``path,speaker[,transcript,session,utt_id]``, as ``speakerzoo prepare manifest``);
+* any other text file: a file list, one path per line (``#`` comments and blank lines skipped);
+* a corpus file (``.h5`` from ``speakerzoo prepare``), optionally one part of one split
+  (``--split speaker --part test``).
+
+Relative paths in lists and manifests are read from the list's folder.
+
+**Batching never changes an embedding.** Utterances are grouped by *exact* length (sorted by
+length, equal lengths batched together, every other utterance alone), so no batch is ever
+padded: speechbrain's ECAPA reflect-pads its convolutions at the end of the padded tensor,
+so padding would change the embedding of every shorter utterance in a batch. Even without
+padding, CPU kernels are not batch-invariant: oneDNN and NNPACK convolutions, and a matrix
+product split across threads, round differently for one utterance than for several (measured:
+up to 5e-6 absolute on embeddings of magnitude 10). With ``exact=True`` (the default) on the
+CPU, :func:`embed_waveforms` therefore runs under :func:`batch_invariant_kernels` (native
+convolutions, one intra-op thread per forward; batches run in parallel threads instead), where
+an utterance's embedding is bitwise the same in any batch as alone. On CUDA the batches are
+still unpadded, but bitwise equality with one-at-a-time embedding is not guaranteed.
+
+**The embeddings file** (:class:`EmbeddingWriter`, :class:`EmbeddingFile`)::
+
+    /embedding   float32 [N, D]
+    /utt_id      str [N]         unique in the file
+    /speaker     str [N]         "" where unknown
+    /path        str [N]         the audio file (corpus inputs: the corpus file's source path)
+    attrs: format, schema_version, model_class, checkpoint, checkpoint_sha256, sample_rate,
+           frontend (JSON), embedding_dim, source (JSON), max_seconds (-1: whole utterances), exact, device,
+           skipped (JSON, first 1000), skipped_count, created, speakerzoo_version, complete
+
+It is written under a temporary name and renamed only when complete. Nothing in it depends
+on the time of the run but ``created``, which follows ``SOURCE_DATE_EPOCH`` when that is set
+(then two runs on the same inputs and device write byte-identical files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import sys
+import textwrap
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from speakerzoo import __version__
+from speakerzoo.audio import AUDIO_EXTENSIONS, AudioError, load_audio
+from speakerzoo.datamodules.corpus import FORMAT as CORPUS_FORMAT
+from speakerzoo.datamodules.corpus import Corpus, CorpusError
+from speakerzoo.datamodules.prepare import _wav_truncation  # the same truncation rule as prepare
+from speakerzoo.datamodules.sources import SourceError, _scan, manifest
+
+__all__ = [
+    "FORMAT",
+    "EmbeddingError",
+    "EmbeddingFile",
+    "EmbeddingWriter",
+    "EmbedSummary",
+    "Item",
+    "batch_invariant_kernels",
+    "build_parser",
+    "embed_items",
+    "embed_waveforms",
+    "items_from_corpus",
+    "items_from_folder",
+    "items_from_list",
+    "items_from_manifest",
+    "length_batches",
+    "main",
+    "min_samples",
+]
+
+FORMAT = "speakerzoo-embeddings"
+SCHEMA_VERSION = 1
+_STR = h5py.string_dtype()
+_MAX_SKIPPED_IN_ATTRS = 1000
+_MAX_SKIPPED_PRINTED = 20
+#: Audio held in memory at once while embedding files (samples; 2^25 = 35 min at 16 kHz, 128 MiB).
+WINDOW_SAMPLES = 1 << 25
+
+
+class EmbeddingError(RuntimeError):
+    """Embedding cannot go on, or an embeddings file cannot be used; the message says why."""
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into batches of *equal* length, at most ``batch_size`` each.
+
+    Longest first; within one length, in input order. Every index appears exactly once.
+
+    Example::
+
+        >>> length_batches([5, 3, 5, 5, 4, 3], batch_size=2)
+        [[0, 2], [3], [4], [1, 5]]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    by_length: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_length.setdefault(int(n), []).append(i)
+    batches = []
+    for n in sorted(by_length, reverse=True):
+        same = by_length[n]
+        batches.extend(same[i : i + batch_size] for i in range(0, len(same), batch_size))
+    return batches
+
+
+@contextlib.contextmanager
+def batch_invariant_kernels(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Kernels under which an utterance's embedding does not depend on its batch-mates.
+
+    CPU: native convolutions instead of oneDNN (mkldnn) and NNPACK, which pick algorithms by
+    batch size, and one intra-op thread, because a matrix product split across threads sums
+    in another order than the same product in one thread. CUDA: cuDNN in deterministic mode
+    without benchmarking and without TF32 (batch invariance is not guaranteed there).
+    Settings are restored on exit.
+    """
+    device = torch.device(device)
+    with contextlib.ExitStack() as stack:
+        if device.type == "cpu":
+            # (the attribute, not mkldnn.flags(): that also resets oneDNN's TF32 flag, with a warning each time)
+            stack.callback(setattr, torch.backends.mkldnn, "enabled", torch.backends.mkldnn.enabled)
+            torch.backends.mkldnn.enabled = False
+            stack.enter_context(torch.backends.nnpack.flags(enabled=False))
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            stack.callback(torch.set_num_threads, threads)
+        elif device.type == "cuda":
+            stack.enter_context(torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True,
+                                                           allow_tf32=False))
+            tf32 = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+            stack.callback(setattr, torch.backends.cuda.matmul, "allow_tf32", tf32)
+        yield
+
+
+def _as_tensor(wave: Tensor | np.ndarray) -> Tensor:
+    t = torch.as_tensor(wave)
+    if t.dim() != 1:
+        raise ValueError(f"expected 1-D waveforms, got shape {tuple(t.shape)}")
+    return t.float()
+
+
+def embed_waveforms(
+    model: torch.nn.Module,
+    waves: Sequence[Tensor | np.ndarray],
+    batch_size: int = 32,
+    exact: bool = True,
+    threads: int | None = None,
+    progress: Callable[[int], Any] | None = None,
+) -> Tensor:
+    """Embed 1-D waveforms (at ``model.sample_rate``) in unpadded batches of equal length.
+
+    Arguments:
+        model: a :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule` (anything with
+            ``embed(waveforms)`` and a ``device``); run in eval mode, its mode is restored after.
+        waves: the waveforms, any lengths.
+        batch_size: most utterances per forward pass.
+        exact: run under :func:`batch_invariant_kernels`, so that on the CPU each embedding is
+            bitwise what ``model.embed(wave[None])`` gives under the same kernels; ``False``
+            uses the default kernels (faster batches, last-digit differences between batch sizes).
+        threads: batches embedded in parallel on the CPU when ``exact`` (each on one thread);
+            default ``torch.get_num_threads()``.
+        progress: called with the number of utterances of each finished batch.
+
+    Returns:
+        ``[len(waves), D]`` float32 embeddings on the CPU, in the order of ``waves``.
+    """
+    tensors = [_as_tensor(w) for w in waves]
+    device = torch.device(getattr(model, "device", "cpu"))
+    batches = length_batches([t.numel() for t in tensors], batch_size)
+
+    def run(batch: list[int]) -> Tensor:
+        if exact and device.type == "cpu":
+            torch.set_num_threads(1)  # per thread: this worker's own OpenMP setting
+        x = torch.stack([tensors[i] for i in batch]).to(device)
+        with torch.inference_mode():
+            emb = model.embed(x)
+        return emb.float().cpu()
+
+    parallel = exact and device.type == "cpu" and len(batches) > 1
+    workers = max(1, threads if threads is not None else torch.get_num_threads())  # read before the kernels set 1
+    was_training = model.training
+    model.eval()
+    rows: dict[int, Tensor] = {}
+    try:
+        with batch_invariant_kernels(device) if exact else contextlib.nullcontext():
+            if parallel and workers > 1:
+                # One thread per forward keeps the sums in one order; use the cores by running batches side by side.
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    for batch, emb in zip(batches, pool.map(run, batches)):
+                        rows.update(zip(batch, emb))
+                        if progress is not None:
+                            progress(len(batch))
+            else:
+                for batch in batches:
+                    rows.update(zip(batch, run(batch)))
+                    if progress is not None:
+                        progress(len(batch))
+    finally:
+        model.train(was_training)
+    if not tensors:
+        return torch.zeros(0, int(getattr(model, "embedding_dim", 0)))
+    return torch.stack([rows[i] for i in range(len(tensors))])
+
+
+def min_samples(model: torch.nn.Module, limit: int = 1 << 22) -> int:
+    """Shortest waveform (samples) that ``model.embed`` accepts: convolutions that pad by
+    reflection need more frames than their padding. Found on silent inputs by doubling, then
+    bisection (costs about two forward passes of that length)."""
+    device = torch.device(getattr(model, "device", "cpu"))
+
+    def ok(n: int) -> bool:
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.embed(torch.zeros(1, n, device=device))
+            return True
+        except RuntimeError:
+            return False
+
+    hi = 64
+    while not ok(hi):
+        if hi >= limit:
+            raise EmbeddingError(f"{type(model).__name__} cannot embed even {limit} samples of silence")
+        hi *= 2
+    lo = hi // 2 if hi > 64 else 0  # ok(hi) holds and ok(lo) fails (or lo = 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Item:
+    """One utterance to embed: a file (``corpus_index = -1``) or a corpus utterance."""
+
+    utt_id: str
+    speaker: str = ""
+    path: str = ""
+    corpus_index: int = -1
+
+
+def _strip_audio_ext(name: str) -> str:
+    while os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS:
+        name = os.path.splitext(name)[0]
+    return name
+
+
+def _unique_ids(rel: list[str]) -> list[str]:
+    """Relative paths -> ids without audio extension, keeping it where two files would clash."""
+    ids = [_strip_audio_ext(r) for r in rel]
+    counts: dict[str, int] = {}
+    for i in ids:
+        counts[i] = counts.get(i, 0) + 1
+    return [r if counts[i] > 1 else i for r, i in zip(rel, ids)]
+
+
+def items_from_folder(root: str | Path, speakers: bool = True) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Every audio file below ``root`` and the files that cannot be decoded (``.m4a`` ...) with the reason.
+
+    ``utt_id`` is the path relative to ``root`` without its extension; the first folder level
+    names the speaker (``""`` for files directly in ``root`` or when ``speakers`` is false).
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise SourceError(f"{root}: no such folder")
+    root = root.resolve()
+    files, unsupported = _scan(root)
+    rel = [p.relative_to(root).as_posix() for p in files]
+    items = [
+        Item(utt_id=i, speaker=(r.split("/")[0] if speakers and "/" in r else ""), path=str(p))
+        for p, r, i in zip(files, rel, _unique_ids(rel))
+    ]
+    skipped = [(str(p), f"{p.suffix} cannot be decoded (soundfile reads wav, flac, ogg and mp3); convert it to wav first")
+               for p in unsupported]
+    if not items and not skipped:
+        raise SourceError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) below this folder")
+    return items, skipped
+
+
+def items_from_list(list_path: str | Path) -> list[Item]:
+    """A text file with one audio path per line (relative paths from the list's folder)."""
+    list_path = Path(list_path).expanduser()
+    if not list_path.is_file():
+        raise SourceError(f"{list_path}: no such file list")
+    base = list_path.resolve().parent
+    paths: list[Path] = []
+    for line in list_path.read_text(encoding="utf-8-sig").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line).expanduser()
+        paths.append((p if p.is_absolute() else base / p).resolve())
+    if not paths:
+        raise SourceError(f"{list_path}: the file list names no files (one path per line)")
+    try:
+        common = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    except ValueError:  # different drives
+        common = Path(paths[0].anchor)
+    rel = [p.relative_to(common).as_posix() for p in paths]
+    ids = _unique_ids(rel)
+    seen: set[str] = set()
+    items = []
+    for p, i in zip(paths, ids):
+        if i in seen:  # the same file listed twice
+            continue
+        seen.add(i)
+        items.append(Item(utt_id=i, path=str(p)))
+    return items
+
+
+def items_from_manifest(csv_path: str | Path) -> list[Item]:
+    """A manifest CSV as ``speakerzoo prepare manifest`` reads it (``utt_id``, ``speaker`` from its columns)."""
+    return [Item(utt_id=r.utt_id, speaker=r.speaker or "", path=str(r.path)) for r in manifest(csv_path)]
+
+
+def items_from_corpus(corpus: Corpus, split: str | None = None, part: str | None = None) -> list[Item]:
+    """The utterances of a corpus, or of one ``part`` of one ``split`` (in corpus order)."""
+    if (split is None) != (part is None):
+        raise EmbeddingError("give --split and --part together (e.g. --split speaker --part test), or neither")
+    index = np.arange(len(corpus)) if split is None else np.sort(corpus.split(split, part))
+    utt_ids, paths = corpus.texts("utt_id"), corpus.texts("path")
+    return [
+        Item(utt_id=utt_ids[i], speaker=corpus.speakers[corpus.speaker[i]] if corpus.speaker[i] >= 0 else "",
+             path=paths[i], corpus_index=int(i))
+        for i in index
+    ]
+
+
+def _is_corpus(path: Path) -> bool:
+    if path.suffix.lower() not in (".h5", ".hdf5") or not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as h5:
+            return h5.attrs.get("format") == CORPUS_FORMAT
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- the embeddings file
+
+
+def _created() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch
+            else datetime.datetime.now(datetime.timezone.utc))
+    return when.isoformat(timespec="seconds")
+
+
+class EmbeddingWriter:
+    """Writes one embeddings file; use as a context manager.
+
+    Example::
+
+        with EmbeddingWriter("emb.h5") as w:
+            w.add(emb, utt_ids, speakers, paths)  # as often as needed
+            w.finish({"model_class": ...})
+
+    Leaving the block without :meth:`finish` removes the temporary file and leaves an existing
+    file at ``path`` untouched.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise EmbeddingError(f"{self.path}: output is a folder; give a file name such as {self.path / 'embeddings.h5'}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self._h5 = h5py.File(self.tmp, "w")
+        self._emb: h5py.Dataset | None = None
+        self.dim = 0  # embedding size, known after the first add()
+        self._text: dict[str, list[str]] = {"utt_id": [], "speaker": [], "path": []}
+        self._ids: set[str] = set()
+        self._finished = False
+
+    def __enter__(self) -> "EmbeddingWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._finished:
+            self.abort()
+
+    def __len__(self) -> int:
+        return len(self._text["utt_id"])
+
+    @property
+    def speaker_count(self) -> int:
+        """Distinct non-empty speaker names added so far."""
+        return len({s for s in self._text["speaker"] if s})
+
+    def add(self, emb: Tensor | np.ndarray, utt_ids: Sequence[str], speakers: Sequence[str], paths: Sequence[str]) -> None:
+        emb = np.asarray(torch.as_tensor(emb).detach().cpu().float().numpy(), dtype=np.float32)
+        if emb.ndim != 2 or not (len(emb) == len(utt_ids) == len(speakers) == len(paths)):
+            raise ValueError(f"expected [n, D] embeddings with n ids, speakers and paths; got {emb.shape}, "
+                             f"{len(utt_ids)}, {len(speakers)}, {len(paths)}")
+        for u in utt_ids:
+            if u in self._ids:
+                raise EmbeddingError(f"utterance id {u!r} appears twice; ids must be unique in an embeddings file")
+            self._ids.add(u)
+        if self._emb is None:
+            dim = emb.shape[1]
+            self._emb = self._h5.create_dataset("embedding", shape=(0, dim), maxshape=(None, dim), dtype=np.float32,
+                                                chunks=(max(1, min(4096, (1 << 18) // max(dim, 1))), dim),
+                                                track_times=False)
+            self.dim = dim
+        elif emb.shape[1] != self._emb.shape[1]:
+            raise ValueError(f"embedding size {emb.shape[1]} differs from the first rows' {self._emb.shape[1]}")
+        start = self._emb.shape[0]
+        self._emb.resize((start + len(emb), emb.shape[1]))
+        self._emb[start:] = emb
+        for key, values in zip(("utt_id", "speaker", "path"), (utt_ids, speakers, paths)):
+            self._text[key].extend(str(v) for v in values)
+
+    def finish(self, attrs: dict[str, Any] | None = None) -> Path:
+        """Write the ids and attributes, mark the file complete and rename it into place."""
+        if self._emb is None or len(self) == 0:
+            raise EmbeddingError(f"{self.path}: no embeddings were added; nothing to write")
+        for key, values in self._text.items():
+            self._h5.create_dataset(key, data=np.asarray(values, dtype=object), dtype=_STR, track_times=False)
+        plain = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else ("" if v is None else v))
+                 for k, v in dict(attrs or {}).items()}
+        self._h5.attrs.update({
+            **plain,
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "embedding_dim": int(self._emb.shape[1]),
+            "created": _created(),
+            "speakerzoo_version": __version__,
+            "complete": True,
+        })
+        self._h5.close()
+        os.replace(self.tmp, self.path)
+        self._finished = True
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._h5.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+            self._finished = True
+
+
+class EmbeddingFile:
+    """An embeddings file read whole into memory.
+
+    Attributes:
+        embedding: ``[N, D]`` float32 tensor.
+        utt_id, speaker, path: lists of ``N`` strings (``""`` where unknown).
+        attrs: the file attributes, JSON values decoded.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise EmbeddingError(f"{self.path}: no such embeddings file; make it with `speakerzoo embed ... --output {self.path}`")
+        try:
+            with h5py.File(self.path, "r") as h5:
+                attrs = dict(h5.attrs)
+                if attrs.get("format") != FORMAT:
+                    raise EmbeddingError(f"{self.path}: not a speakerzoo embeddings file (format "
+                                         f"{attrs.get('format')!r}); make one with `speakerzoo embed`")
+                if int(attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+                    raise EmbeddingError(f"{self.path}: embeddings schema version {attrs.get('schema_version')}, "
+                                         f"this speakerzoo reads {SCHEMA_VERSION}; embed again")
+                if not bool(attrs.get("complete", False)):
+                    raise EmbeddingError(f"{self.path}: not completely written; embed again")
+                self.embedding = torch.from_numpy(h5["embedding"][:])
+                self.utt_id = [_text(s) for s in h5["utt_id"][:]]
+                self.speaker = [_text(s) for s in h5["speaker"][:]]
+                self.paths = [_text(s) for s in h5["path"][:]]
+        except EmbeddingError:
+            raise
+        except (OSError, KeyError) as err:
+            raise EmbeddingError(f"{self.path}: not a readable embeddings file ({err}); embed again") from err
+        self.attrs = {k: _attr(v) for k, v in attrs.items()}
+        self._row = {u: i for i, u in enumerate(self.utt_id)}
+
+    def __len__(self) -> int:
+        return len(self.utt_id)
+
+    def __contains__(self, utt_id: object) -> bool:
+        """Whether ``utt_id`` (or it without its audio extension) has an embedding."""
+        return isinstance(utt_id, str) and (utt_id in self._row or _strip_audio_ext(utt_id) in self._row)
+
+    def rows(self, utt_ids: Sequence[str]) -> Tensor:
+        """Row of each id (``int64``). An id that is missing is tried without its audio extension
+        (VoxCeleb trial lists name ``id10270/x6uYqmx31kE/00001.wav``). Raises ``KeyError`` naming
+        what is missing."""
+        rows, missing = [], []
+        for u in utt_ids:
+            r = self._row.get(u)
+            if r is None:
+                r = self._row.get(_strip_audio_ext(u))
+            if r is None:
+                missing.append(u)
+                r = -1
+            rows.append(r)
+        if missing:
+            raise KeyError(f"{self.path}: {len(set(missing))} utterance id(s) have no embedding, e.g. "
+                           f"{sorted(set(missing))[:3]}")
+        return torch.tensor(rows, dtype=torch.int64)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --------------------------------------------------------------------------- embedding inputs
+
+
+@dataclass
+class EmbedSummary:
+    """What :func:`embed_items` wrote; ``print(summary)`` is the command's report."""
+
+    output: Path
+    utterances: int
+    embedding_dim: int
+    seconds: float  # of audio embedded (after cropping)
+    elapsed: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    speakers: int = 0
+
+    @property
+    def rate(self) -> float:
+        """Utterances embedded per wall-clock second (decoding included)."""
+        return self.utterances / self.elapsed if self.elapsed > 0 else float("inf")
+
+    def __str__(self) -> str:
+        lines = [f"embedded {self.output}",
+                 f"  utterances       {self.utterances} ({self.speakers} speakers)",
+                 f"  embedding size   {self.embedding_dim}",
+                 f"  audio            {self.seconds:.1f} s"]
+        if self.skipped:
+            lines.append(f"  skipped          {len(self.skipped)} file(s):")
+            lines += [f"    {p}: {r}" for p, r in self.skipped[:_MAX_SKIPPED_PRINTED]]
+            if len(self.skipped) > _MAX_SKIPPED_PRINTED:
+                lines.append(f"    ... and {len(self.skipped) - _MAX_SKIPPED_PRINTED} more (attribute 'skipped' of the file)")
+        else:
+            lines.append("  skipped          none")
+        lines.append(f"  took             {self.elapsed:.1f} s ({self.rate:.1f} utterances/s)")
+        return "\n".join(lines)
+
+
+def _crop(wave: np.ndarray, max_samples: int | None) -> np.ndarray:
+    """Centre crop to ``max_samples`` (as the DataModules' evaluation loader does)."""
+    if max_samples is not None and len(wave) > max_samples:
+        start = (len(wave) - max_samples) // 2
+        return wave[start : start + max_samples]
+    return wave
+
+
+def _load(item: Item, corpus: Corpus | None, sample_rate: int) -> np.ndarray:
+    if item.corpus_index >= 0:
+        assert corpus is not None
+        return corpus.audio(item.corpus_index)
+    reason = _wav_truncation(item.path)
+    if reason is not None:
+        raise AudioError(item.path, reason)
+    return load_audio(item.path, sample_rate)[0]
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embed_items(
+    model: torch.nn.Module,
+    items: Sequence[Item],
+    output: str | Path,
+    corpus: Corpus | None = None,
+    batch_size: int = 32,
+    max_seconds: float | None = None,
+    exact: bool = True,
+    threads: int | None = None,
+    progress: bool = True,
+    skipped: Sequence[tuple[str, str]] = (),
+    attrs: dict[str, Any] | None = None,
+    window_samples: int | None = None,
+) -> EmbedSummary:
+    """Embed ``items`` (files, or utterances of ``corpus``) into the embeddings file ``output``.
+
+    Audio is decoded a window at a time (about ``window_samples`` samples, default
+    :data:`WINDOW_SAMPLES`) and each window is
+    embedded with :func:`embed_waveforms`; rows keep the order of ``items``. Files that cannot
+    be decoded, truncated WAVs and clips too short for the model are skipped and listed
+    (``skipped`` adds files the caller already rejected).
+    """
+    t0 = time.perf_counter()
+    window_samples = WINDOW_SAMPLES if window_samples is None else int(window_samples)
+    sample_rate = int(model.sample_rate)
+    if corpus is not None and corpus.sample_rate != sample_rate:
+        raise EmbeddingError(f"{corpus.path} is at {corpus.sample_rate} Hz but the model expects {sample_rate} Hz; "
+                             f"prepare the corpus with --sample-rate {sample_rate}, or embed the audio files")
+    max_samples = None if max_seconds is None else int(round(max_seconds * sample_rate))
+    if max_samples is not None and max_samples < 1:
+        raise EmbeddingError(f"--max-seconds must be positive, not {max_seconds}")
+    shortest = min_samples(model)
+    skipped = list(skipped)
+    seconds = 0.0
+    bar = tqdm(total=len(items), desc="embedding", unit="utt", disable=not progress, dynamic_ncols=True)
+    try:
+        with EmbeddingWriter(output) as writer:
+            pending: list[tuple[Item, np.ndarray]] = []
+            pending_samples = 0
+
+            def flush() -> None:
+                nonlocal pending, pending_samples
+                if pending:
+                    emb = embed_waveforms(model, [w for _, w in pending], batch_size=batch_size, exact=exact,
+                                          threads=threads, progress=bar.update)
+                    writer.add(emb, [it.utt_id for it, _ in pending], [it.speaker for it, _ in pending],
+                               [it.path for it, _ in pending])
+                pending, pending_samples = [], 0
+
+            for item in items:
+                try:
+                    wave = _crop(_load(item, corpus, sample_rate), max_samples)
+                except AudioError as err:
+                    skipped.append((item.path, err.reason))
+                    bar.update(1)
+                    continue
+                except Exception as err:  # a decoder failure must name the file, not end the run
+                    skipped.append((item.path, f"decoding failed ({type(err).__name__}: {err})"))
+                    bar.update(1)
+                    continue
+                if len(wave) < shortest:
+                    skipped.append((item.path or item.utt_id,
+                                    f"too short for the model ({len(wave)} samples; it needs at least {shortest}, "
+                                    f"{shortest / sample_rate:.3f} s)"))
+                    bar.update(1)
+                    continue
+                seconds += len(wave) / sample_rate
+                pending.append((item, wave))
+                pending_samples += len(wave)
+                if pending_samples >= window_samples:
+                    flush()
+            flush()
+            bar.close()
+            if len(writer) == 0:
+                first = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+                raise EmbeddingError(f"none of the {len(skipped)} files could be embedded, nothing written (e.g. {first})"
+                                     if skipped else "no utterances to embed, nothing written")
+            writer.finish({
+                **dict(attrs or {}),
+                "sample_rate": sample_rate,
+                "frontend": model.frontend.config.to_dict() if hasattr(model, "frontend") else {},
+                "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+                "max_seconds": -1.0 if max_seconds is None else float(max_seconds),
+                "exact": bool(exact),
+                "device": torch.device(getattr(model, "device", "cpu")).type,
+                "skipped": [list(s) for s in skipped[:_MAX_SKIPPED_IN_ATTRS]],
+                "skipped_count": len(skipped),
+            })
+            count, dim, speakers = len(writer), writer.dim, writer.speaker_count
+    finally:
+        bar.close()
+    return EmbedSummary(output=Path(output), utterances=count, embedding_dim=dim, seconds=seconds,
+                        elapsed=time.perf_counter() - t0, skipped=skipped, speakers=speakers)
+
+
+# --------------------------------------------------------------------------- command line
+
+EXAMPLES = """examples:
+  speakerzoo embed data/speech_commands.h5 --split speaker --part test --checkpoint best.ckpt --output emb/test.h5
+  speakerzoo embed my_speakers/ --checkpoint best.ckpt --output emb/mine.h5 --max-seconds 20
+  speakerzoo embed files.txt --checkpoint best.ckpt --output emb/files.h5 --device cuda --batch-size 64
+  speakerzoo embed list.csv --checkpoint best.ckpt --output emb/list.h5
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer: {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speakerzoo embed",
+        description=textwrap.fill(
+            "Embed audio with a trained model into an HDF5 embeddings file (embedding [N, D] float32, "
+            "utt_id, speaker, path; model, checkpoint sha256, sample rate and frontend as attributes). "
+            "INPUT is a folder (every audio file below it; the first folder level names the speaker), "
+            "a manifest .csv (path,speaker[,...]), a text file with one audio path per line, or a corpus .h5 "
+            "from `speakerzoo prepare`. Utterances are batched only with others of exactly the same length, "
+            "so padding never changes an embedding. Files that cannot be decoded are skipped and listed."
+        , width=100),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", type=Path, metavar="INPUT", help="folder, file list, manifest .csv or corpus .h5")
+    parser.add_argument("--checkpoint", "-c", required=True, metavar="CKPT",
+                        help="checkpoint file (or registered checkpoint name) of an embedding model")
+    parser.add_argument("--output", "-o", required=True, type=Path, metavar="OUT.h5", help="embeddings file to write")
+    parser.add_argument("--split", choices=("speaker", "utterance"), help="corpus input: the split ...")
+    parser.add_argument("--part", choices=("train", "val", "test"), help="... and the part of it to embed")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+                        help="most utterances of equal length per forward pass (default: 32)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    parser.add_argument("--max-seconds", type=_positive_float, metavar="S",
+                        help="centre-crop longer utterances to S seconds (default: whole utterances)")
+    parser.add_argument("--no-speakers", action="store_true",
+                        help="folder input: do not take speaker names from the first folder level")
+    parser.add_argument("--fast", action="store_true",
+                        help="default kernels instead of batch-invariant ones: faster on some machines, but an "
+                             "embedding may then differ in its last digits with its batch-mates")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help=f"CPU: batches embedded in parallel (default: {torch.get_num_threads()})")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar; print only the output path")
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"speakerzoo embed: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EmbeddingError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def _load_model(checkpoint: str, device: torch.device):
+    from speakerzoo.zoo.base import SpeakerEmbeddingModule
+
+    model = SpeakerEmbeddingModule.from_pretrained(checkpoint, map_location="cpu")
+    return model.to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``speakerzoo embed ...``; returns the exit code (0 done, 2 error, 130 interrupted)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0) if not isinstance(stop.code, str) else 2
+    from speakerzoo.zoo.base import InvalidCheckpointError
+
+    corpus = None
+    try:
+        device = _device(args.device)
+        source = args.input.expanduser()
+        skipped: list[tuple[str, str]] = []
+        if _is_corpus(source):
+            corpus = Corpus(source)
+            items = items_from_corpus(corpus, args.split, args.part)
+            info = {"kind": "corpus", "path": str(source.resolve()), "split": args.split, "part": args.part}
+        elif args.split or args.part:
+            raise EmbeddingError(f"--split and --part apply to a corpus .h5 input; {source} is not one")
+        elif source.is_dir():
+            items, skipped = items_from_folder(source, speakers=not args.no_speakers)
+            info = {"kind": "folder", "path": str(source.resolve())}
+        elif source.suffix.lower() == ".csv":
+            items = items_from_manifest(source)
+            info = {"kind": "manifest", "path": str(source.resolve())}
+        elif source.suffix.lower() in (".h5", ".hdf5"):
+            Corpus(source)  # raises the reader's explanation of what is wrong with the file
+            raise EmbeddingError(f"{source}: not a speakerzoo corpus")
+        elif source.is_file():
+            items = items_from_list(source)
+            info = {"kind": "list", "path": str(source.resolve())}
+        else:
+            raise EmbeddingError(f"{source}: no such folder or file")
+        checkpoint = Path(args.checkpoint).expanduser()
+        model = _load_model(args.checkpoint, device)
+        attrs = {
+            "checkpoint": str(checkpoint.resolve()) if checkpoint.is_file() else args.checkpoint,
+            "checkpoint_sha256": sha256(checkpoint) if checkpoint.is_file() else "",
+            "source": info,
+        }
+        summary = embed_items(model, items, args.output, corpus=corpus, batch_size=args.batch_size,
+                              max_seconds=args.max_seconds, exact=not args.fast, threads=args.threads,
+                              progress=not args.quiet, skipped=skipped, attrs=attrs)
+    except KeyboardInterrupt:
+        print(f"speakerzoo embed: interrupted; {args.output} was left as it was", file=sys.stderr)
+        return 130
+    except (EmbeddingError, SourceError, CorpusError, InvalidCheckpointError, FileNotFoundError, ValueError,
+            OSError) as err:
+        return _error(str(err))
+    finally:
+        if corpus is not None:
+            corpus.close()
+    if args.quiet:
+        print(summary.output)
+        if summary.skipped:
+            print(f"speakerzoo embed: warning: skipped {len(summary.skipped)} file(s); run without --quiet for the list",
+                  file=sys.stderr)
+    else:
+        print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,519 @@
+"""``speakerzoo score``: cosine scoring of a trial list with the embeddings of ``speakerzoo embed``.
+
+Trials come from a corpus file (``--corpus C.h5 --split speaker --part test``: its verification
+pairs, and its identification rows for identification accuracy) or from a text file
+(``--trials FILE``) with one trial per line, either ``enrol test [label]`` or VoxCeleb's
+``label enrol test`` (detected; labels ``1``/``0`` or ``target``/``nontarget``; ids may keep
+their audio extension, ``id10270/x6uYqmx31kE/00001.wav``).
+
+Scores are cosine similarities, optionally normalised with a cohort of embeddings of other
+speakers (``--cohort``, e.g. the training part embedded with the same checkpoint):
+``--mean-norm`` subtracts the cohort mean from every embedding and length-normalises again;
+``--asnorm`` applies adaptive symmetric score normalisation (AS-norm1) with the ``--top-k``
+highest cohort scores of each side. Reports EER, minDCF, identification accuracy, the
+threshold for a chosen false-accept rate, and draws a DET curve on normal-deviate axes.
+The numbers are those of :mod:`speakerzoo.scoring`, the same functions that compute the
+models' ``val/`` and ``test/`` metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import textwrap
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from speakerzoo.commands.embed import EmbeddingError, EmbeddingFile
+from speakerzoo.scoring import (
+    OperatingPoint,
+    as_norm,
+    cohort_stats,
+    cosine_scores,
+    det_curve,
+    det_plot_data,
+    eer,
+    eer_threshold,
+    identification_hits_from_scores,
+    mean_normalize,
+    min_dcf,
+    min_dcf_threshold,
+    threshold_at_far,
+)
+
+__all__ = ["TrialList", "ScoreError", "parse_trials", "read_trials", "corpus_trials", "Scorer", "evaluate",
+           "draw_det", "build_parser", "main"]
+
+_TARGET = {"1", "target", "tgt", "true"}
+_NONTARGET = {"0", "nontarget", "non-target", "imp", "impostor", "false"}
+
+
+class ScoreError(RuntimeError):
+    """Scoring cannot go on; the message says why."""
+
+
+# --------------------------------------------------------------------------- trials
+
+
+@dataclass
+class TrialList:
+    """Trials by utterance id.
+
+    Attributes:
+        enrol, test: ``M`` utterance ids per side.
+        labels: ``[M]`` int64 (1 target, 0 non-target), or ``None`` for an unlabelled list.
+        ident: ``A`` rows of ids ``(anchor, positive, negative_1, ...)``, possibly none.
+        source: where the trials came from, in words.
+    """
+
+    enrol: list[str]
+    test: list[str]
+    labels: Tensor | None
+    ident: list[list[str]]
+    source: str
+
+
+def _label(token: str) -> int | None:
+    t = token.lower()
+    return 1 if t in _TARGET else 0 if t in _NONTARGET else None
+
+
+def parse_trials(lines: Iterable[str], known: Callable[[str], bool] | None = None,
+                 where: str = "trials") -> tuple[list[str], list[str], list[int] | None, str]:
+    """Parse trial lines: ``enrol test``, ``enrol test label`` or ``label enrol test``.
+
+    The layout is detected from all lines: the column that always holds a label
+    (``1 0 target nontarget``) is the label. If both the first and the last column always do
+    (ids that look like labels), ``known(utt_id)`` decides which reading names known
+    utterances. Blank lines and ``#`` comments are skipped.
+
+    Returns ``(enrol, test, labels or None, layout)``.
+
+    Example::
+
+        >>> parse_trials(["1 a.wav b.wav", "0 a.wav c.wav"])
+        (['a.wav', 'a.wav'], ['b.wav', 'c.wav'], [1, 0], 'label enrol test')
+    """
+    rows: list[tuple[int, list[str]]] = []
+    for n, line in enumerate(lines, start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            rows.append((n, line.split()))
+    if not rows:
+        raise ScoreError(f"{where}: no trials (expected lines 'enrol test [label]' or 'label enrol test')")
+    widths = {len(tokens) for _, tokens in rows}
+    if len(widths) != 1 or widths.pop() not in (2, 3):
+        n, tokens = next((n, t) for n, t in rows if len(t) != len(rows[0][1]) or len(t) not in (2, 3))
+        raise ScoreError(f"{where}:{n}: expected 2 or 3 columns on every line ('enrol test [label]' or "
+                         f"'label enrol test'), got {len(tokens)}: {' '.join(tokens)!r}")
+    if len(rows[0][1]) == 2:
+        return [t[0] for _, t in rows], [t[1] for _, t in rows], None, "enrol test"
+    last = all(_label(t[2]) is not None for _, t in rows)
+    first = all(_label(t[0]) is not None for _, t in rows)
+    if last and first and known is not None:
+        last = all(known(t[0]) and known(t[1]) for _, t in rows)
+        first = not last
+    if last and not first:
+        return [t[0] for _, t in rows], [t[1] for _, t in rows], [_label(t[2]) for _, t in rows], "enrol test label"
+    if first and not last:
+        return [t[1] for _, t in rows], [t[2] for _, t in rows], [_label(t[0]) for _, t in rows], "label enrol test"
+    if first and last:
+        raise ScoreError(f"{where}: both the first and the last column hold labels; cannot tell the layout")
+    n, tokens = next((n, t) for n, t in rows if _label(t[0]) is None and _label(t[2]) is None)
+    raise ScoreError(f"{where}:{n}: no label (1/0/target/nontarget) in the first or last column: {' '.join(tokens)!r}")
+
+
+def read_trials(path: str | Path, known: Callable[[str], bool] | None = None) -> TrialList:
+    """A text trial list (see :func:`parse_trials`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScoreError(f"{path}: no such trial list")
+    enrol, test, labels, layout = parse_trials(path.read_text(encoding="utf-8-sig").splitlines(), known, str(path))
+    return TrialList(enrol, test, None if labels is None else torch.tensor(labels, dtype=torch.int64), [],
+                     f"{path} ({layout})")
+
+
+def corpus_trials(corpus_path: str | Path, split: str = "speaker", part: str = "test") -> TrialList:
+    """The verification pairs and identification rows of one part of a corpus, by utterance id."""
+    from speakerzoo.datamodules.corpus import Corpus
+
+    corpus = Corpus(corpus_path)
+    try:
+        pairs, ident = corpus.trials(split, part)
+        ids = corpus.texts("utt_id")
+    finally:
+        corpus.close()
+    return TrialList(
+        enrol=[ids[i] for i in pairs[:, 0]],
+        test=[ids[i] for i in pairs[:, 1]],
+        labels=torch.as_tensor(pairs[:, 2], dtype=torch.int64),
+        ident=[[ids[i] for i in row] for row in ident],
+        source=f"corpus {corpus_path}, split {split}, part {part}",
+    )
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class Scorer:
+    """Cosine scores of embedding rows, optionally mean-normalised and AS-normalised.
+
+    Arguments:
+        emb: ``[N, D]`` embeddings.
+        cohort: ``[C, D]`` cohort embeddings (needed by ``mean_norm`` and ``asnorm_top_k``).
+        mean_norm: subtract the cohort mean (of the raw cohort embeddings) from ``emb`` and the
+            cohort, then length-normalise (:func:`~speakerzoo.scoring.mean_normalize`).
+        asnorm_top_k: apply AS-norm with this many top cohort scores per side; ``None``: no AS-norm.
+
+    Without normalisation the scores are exactly those of :func:`speakerzoo.scoring.score_trials`.
+    """
+
+    def __init__(self, emb: Tensor, cohort: Tensor | None = None, mean_norm: bool = False,
+                 asnorm_top_k: int | None = None):
+        if (mean_norm or asnorm_top_k is not None) and cohort is None:
+            raise ScoreError("--mean-norm and --asnorm need cohort embeddings (--cohort COHORT.h5)")
+        emb = emb.float()
+        if mean_norm:
+            mean = cohort.double().mean(dim=0).float()
+            self.emb = mean_normalize(emb, mean)
+            cohort = mean_normalize(cohort.float(), mean)
+        else:
+            self.emb = F.normalize(emb, dim=-1)
+        self.cohort = None if cohort is None else cohort.float()
+        self.top_k = asnorm_top_k
+        self._stats: tuple[Tensor, Tensor] | None = None
+
+    def _cohort_stats(self) -> tuple[Tensor, Tensor]:
+        if self._stats is None:
+            self._stats = cohort_stats(self.emb, self.cohort, self.top_k)
+        return self._stats
+
+    def pairs(self, enrol: Tensor, test: Tensor) -> Tensor:
+        """``[M]`` scores of rows ``enrol[i]`` against ``test[i]``."""
+        scores = (self.emb[enrol] * self.emb[test]).sum(-1)
+        if self.top_k is None:
+            return scores
+        mu, sd = self._cohort_stats()
+        return as_norm(scores, (mu[enrol], sd[enrol]), (mu[test], sd[test]))
+
+    def ident_hits(self, rows: Tensor, chunk: int = 1024) -> Tensor:
+        """``[A]`` bool for ``[A, C]`` rows ``(anchor, positive, negatives...)``: the positive scores highest."""
+        hits = []
+        for r in rows.split(chunk):
+            s = cosine_scores(self.emb[r[:, 0]].unsqueeze(1), self.emb[r[:, 1:]])  # [a, C - 1]
+            if self.top_k is not None:
+                mu, sd = self._cohort_stats()
+                s = as_norm(s, (mu[r[:, :1]], sd[r[:, :1]]), (mu[r[:, 1:]], sd[r[:, 1:]]))
+            hits.append(identification_hits_from_scores(s))
+        return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def evaluate(scores: Tensor, labels: Tensor, ident_hits: Tensor | None = None, p_target: float = 0.01,
+             c_miss: float = 1.0, c_fa: float = 1.0, far: float = 0.01) -> dict[str, Any]:
+    """EER, minDCF, identification accuracy and the operating point at ``far``, as plain numbers."""
+    result: dict[str, Any] = {
+        "pairs": int(labels.numel()),
+        "targets": int((labels == 1).sum()),
+        "nontargets": int((labels == 0).sum()),
+        "eer": eer(scores, labels),
+        "eer_threshold": _finite(eer_threshold(scores, labels)),
+        "min_dcf": min_dcf(scores, labels, p_target, c_miss, c_fa),
+        "min_dcf_threshold": _finite(min_dcf_threshold(scores, labels, p_target, c_miss, c_fa)),
+        "dcf_parameters": {"p_target": p_target, "c_miss": c_miss, "c_fa": c_fa},
+    }
+    point: OperatingPoint = threshold_at_far(scores, labels, far)
+    result["at_far"] = {"far_asked": far, "threshold": _finite(point.threshold), "far": point.p_fa,
+                        "miss": point.p_miss}
+    if ident_hits is not None and ident_hits.numel():
+        result["ident_rows"] = int(ident_hits.numel())
+        result["ident_acc"] = float(ident_hits.double().mean())
+    return result
+
+
+# --------------------------------------------------------------------------- DET image
+
+_DET_TICKS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
+
+
+def _probit(p: float) -> float:
+    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
+
+
+def _rates_at(scores: Tensor, labels: Tensor, threshold: float | None) -> tuple[float, float]:
+    p_fa, p_miss, thr = det_curve(scores, labels)
+    t = math.inf if threshold is None else threshold
+    i = int(torch.searchsorted(thr, torch.tensor([t], dtype=thr.dtype))[0].clamp(max=thr.numel() - 1))
+    return float(p_fa[i]), float(p_miss[i])
+
+
+def draw_det(path: str | Path, scores: Tensor, labels: Tensor, result: dict[str, Any], title: str = "") -> Path:
+    """A DET curve on normal-deviate axes (PNG, or any format matplotlib writes by extension),
+    with the EER, minDCF and fixed-FAR operating points marked. Uses matplotlib's Agg canvas
+    directly, so no GUI backend is touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    x, y = det_plot_data(scores, labels)
+    n = min(int((labels == 1).sum()), int((labels == 0).sum()))
+    low = min(max(0.5 / n, 1e-4), 0.01)  # half the smallest non-zero rate, within [0.01 %, 1 %]
+    lim = (_probit(low), _probit(0.9))
+    x, y = x.clamp(*lim).numpy(), y.clamp(*lim).numpy()
+
+    fig = Figure(figsize=(5.5, 5.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(x, y, color="tab:blue", lw=1.6, label="DET")
+    ax.plot(lim, lim, color="0.6", lw=0.8, ls="--", label="P_fa = P_miss")
+    marks = [
+        ("EER", result["eer_threshold"], "o", "tab:red", f"EER {100 * result['eer']:.2f} %"),
+        ("minDCF", result["min_dcf_threshold"], "s", "tab:green",
+         f"minDCF {result['min_dcf']:.3f} (p={result['dcf_parameters']['p_target']:g})"),
+        ("FAR", result["at_far"]["threshold"], "^", "tab:purple",
+         f"FAR ≤ {100 * result['at_far']['far_asked']:g} %: miss {100 * result['at_far']['miss']:.1f} %"),
+    ]
+    for _, threshold, marker, color, text in marks:
+        p_fa, p_miss = _rates_at(scores, labels, threshold)
+        px = min(max(_probit(p_fa), lim[0]), lim[1])
+        py = min(max(_probit(p_miss), lim[0]), lim[1])
+        ax.plot([px], [py], marker=marker, color=color, ls="none", ms=7, label=text)
+    ticks = [t for t in _DET_TICKS if low <= t <= 0.9]
+    labels_pct = [f"{100 * t:g}" for t in ticks]
+    ax.set_xticks([_probit(t) for t in ticks], labels_pct, fontsize=7)
+    ax.set_yticks([_probit(t) for t in ticks], labels_pct, fontsize=7)
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    ax.set_xlabel("False accept rate (%)")
+    ax.set_ylabel("Miss rate (%)")
+    ax.grid(True, color="0.85", lw=0.6)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+# --------------------------------------------------------------------------- command line
+
+EXAMPLES = """examples:
+  speakerzoo score emb/test.h5 --corpus data/speech_commands.h5 --split speaker --part test --det det.png
+  speakerzoo score emb/test.h5 --corpus data/speech_commands.h5 --mean-norm --cohort emb/train.h5
+  speakerzoo score emb/test.h5 --corpus data/speech_commands.h5 --asnorm --cohort emb/train.h5 --top-k 200
+  speakerzoo score emb/vox1.h5 --trials veri_test2.txt --scores scores.txt --json
+"""
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1]: {text}")
+    return value
+
+
+def _prior(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1): {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _top_k(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2: {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speakerzoo score",
+        description=textwrap.fill(
+            "Score a trial list by cosine similarity of embeddings from `speakerzoo embed`: EER, minDCF, "
+            "identification accuracy (corpus trials), the threshold for a chosen false-accept rate, and a DET curve. "
+            "Trials come from the corpus the embeddings were made from (--corpus) or from a text file (--trials: "
+            "'enrol test [label]' or VoxCeleb's 'label enrol test' per line)."
+        , width=100),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("embeddings", type=Path, metavar="EMB.h5", help="embeddings file from `speakerzoo embed`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", type=Path, metavar="C.h5", help="score this corpus' trials")
+    source.add_argument("--trials", type=Path, metavar="FILE", help="score this text trial list")
+    parser.add_argument("--split", choices=("speaker", "utterance"), default="speaker",
+                        help="corpus trials: the split (default: speaker)")
+    parser.add_argument("--part", choices=("val", "test"), default="test", help="corpus trials: the part (default: test)")
+    norm = parser.add_argument_group("score normalisation")
+    norm.add_argument("--cohort", type=Path, metavar="COHORT.h5",
+                      help="embeddings of other speakers (e.g. the training part, same checkpoint)")
+    norm.add_argument("--cohort-speakers", action="store_true",
+                      help="use one mean embedding per cohort speaker instead of every cohort utterance (as wespeaker)")
+    norm.add_argument("--mean-norm", action="store_true", help="subtract the cohort mean embedding, re-normalise")
+    norm.add_argument("--asnorm", action="store_true", help="adaptive symmetric score normalisation (AS-norm1)")
+    norm.add_argument("--top-k", type=_top_k, default=200, metavar="K", help="AS-norm: top cohort scores kept (default: 200)")
+    metrics = parser.add_argument_group("metrics")
+    metrics.add_argument("--p-target", type=_prior, default=0.01, help="minDCF prior of a target trial (default: 0.01)")
+    metrics.add_argument("--c-miss", type=_positive, default=1.0, help="minDCF cost of a miss (default: 1)")
+    metrics.add_argument("--c-fa", type=_positive, default=1.0, help="minDCF cost of a false accept (default: 1)")
+    metrics.add_argument("--far", type=_fraction, default=0.01,
+                         help="report the threshold whose false-accept rate is at most this (default: 0.01)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--det", type=Path, metavar="DET.png", help="draw the DET curve into this image")
+    out.add_argument("--scores", type=Path, metavar="FILE", help="write 'enrol test score [label]' lines")
+    out.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"speakerzoo score: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _cohort(path: Path, emb: EmbeddingFile, per_speaker: bool, trial_ids: set[str]) -> tuple[Tensor, str]:
+    """The cohort embeddings (every utterance, or one mean per speaker) and a description."""
+    cohort = EmbeddingFile(path)
+    overlap = trial_ids.intersection(cohort.utt_id)
+    if overlap:
+        print(f"speakerzoo score: warning: {len(overlap)} trial utterances are also in the cohort "
+              f"(e.g. {sorted(overlap)[0]!r}); a cohort should hold other speakers", file=sys.stderr)
+    for key in ("checkpoint_sha256", "model_class"):
+        mine, theirs = emb.attrs.get(key, ""), cohort.attrs.get(key, "")
+        if mine and theirs and mine != theirs:
+            raise ScoreError(f"{path} was embedded with another model than {emb.path} ({key} {theirs} vs {mine}); "
+                             f"embed the cohort with the same checkpoint")
+    if cohort.embedding.shape[1] != emb.embedding.shape[1]:
+        raise ScoreError(f"{path} holds {cohort.embedding.shape[1]}-d embeddings, {emb.path} "
+                         f"{emb.embedding.shape[1]}-d")
+    if not per_speaker:
+        return cohort.embedding, f"{len(cohort)} utterances of {path}"
+    names = sorted({s for s in cohort.speaker if s})
+    if len(names) < 2:
+        raise ScoreError(f"{path}: --cohort-speakers needs speaker names for at least 2 speakers in the cohort file")
+    index = {s: i for i, s in enumerate(names)}
+    rows = [i for i, s in enumerate(cohort.speaker) if s]
+    groups = torch.tensor([index[cohort.speaker[i]] for i in rows])
+    sums = torch.zeros(len(names), cohort.embedding.shape[1], dtype=torch.float64)
+    sums.index_add_(0, groups, cohort.embedding[rows].double())
+    means = sums / torch.bincount(groups, minlength=len(names)).unsqueeze(1)
+    return means.float(), f"{len(names)} speaker means of {path}"
+
+
+def _table(result: dict[str, Any]) -> str:
+    pct = lambda v: f"{100 * v:.2f} %"  # noqa: E731
+    thr = lambda v: "reject all" if v is None else f"{v:.4f}"  # noqa: E731
+    dcf = result["dcf_parameters"]
+    at = result["at_far"]
+    rows = [("EER", pct(result["eer"]), thr(result["eer_threshold"]), ""),
+            ("minDCF", f"{result['min_dcf']:.4f}", thr(result["min_dcf_threshold"]),
+             f"p_target {dcf['p_target']:g}, C_miss {dcf['c_miss']:g}, C_fa {dcf['c_fa']:g}")]
+    if "ident_acc" in result:
+        rows.append(("identification accuracy", pct(result["ident_acc"]), "-", f"{result['ident_rows']} rows"))
+    rows.append((f"miss at FAR <= {100 * at['far_asked']:g} %", pct(at["miss"]), thr(at["threshold"]),
+                 f"measured FAR {pct(at['far'])}"))
+    lines = [
+        f"scored {result['embeddings']}",
+        f"  trials         {result['trials']} : {result['pairs']} pairs ({result['targets']} target, "
+        f"{result['nontargets']} non-target)",
+        f"  normalisation  {result['normalisation']}",
+        "",
+        f"  {'metric':<26} {'value':>9}  {'threshold':>10}",
+    ]
+    lines += [f"  {name:<26} {value:>9}  {t:>10}" + (f"  ({note})" if note else "") for name, value, t, note in rows]
+    for key, what in (("det", "DET curve"), ("scores_file", "scores")):
+        if result.get(key):
+            lines.append(f"  {what:<14} {result[key]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``speakerzoo score ...``; returns the exit code (0 done, 2 error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0) if not isinstance(stop.code, str) else 2
+    from speakerzoo.datamodules.corpus import CorpusError
+
+    try:
+        if (args.mean_norm or args.asnorm) and args.cohort is None:
+            raise ScoreError("--mean-norm and --asnorm need --cohort COHORT.h5 (embeddings of other speakers)")
+        if args.cohort is not None and not (args.mean_norm or args.asnorm):
+            raise ScoreError("--cohort is used by --mean-norm and --asnorm; give one of them (or drop --cohort)")
+        emb = EmbeddingFile(args.embeddings)
+        if args.corpus is not None:
+            trials = corpus_trials(args.corpus, args.split, args.part)
+        else:
+            trials = read_trials(args.trials, known=emb.__contains__)
+        try:
+            enrol, test = emb.rows(trials.enrol), emb.rows(trials.test)
+            ident = emb.rows([u for row in trials.ident for u in row]).view(len(trials.ident), -1) \
+                if trials.ident else None
+        except KeyError as err:
+            raise ScoreError(f"{err.args[0]} (were the embeddings made from the utterances of these trials?)") from None
+        cohort, cohort_text = (None, "")
+        if args.cohort is not None:
+            trial_ids = {emb.utt_id[i] for i in torch.cat([enrol, test]).unique().tolist()}
+            cohort, cohort_text = _cohort(args.cohort, emb, args.cohort_speakers, trial_ids)
+        scorer = Scorer(emb.embedding, cohort, mean_norm=args.mean_norm,
+                        asnorm_top_k=args.top_k if args.asnorm else None)
+        scores = scorer.pairs(enrol, test)
+        hits = scorer.ident_hits(ident) if ident is not None else None
+        norm = []
+        if args.mean_norm:
+            norm.append("mean-norm")
+        if args.asnorm:
+            norm.append(f"AS-norm top-{args.top_k}")
+        normalisation = (" + ".join(norm) + f" (cohort: {cohort_text})") if norm else "none"
+        if args.scores is not None:
+            args.scores.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.scores, "w", encoding="utf-8") as f:
+                for i, (e, t) in enumerate(zip(trials.enrol, trials.test)):
+                    label = "" if trials.labels is None else f" {int(trials.labels[i])}"
+                    f.write(f"{e} {t} {float(scores[i]):.6f}{label}\n")
+        if trials.labels is None:
+            raise ScoreError(f"{args.trials} has no labels: scores were "
+                             f"{'written to ' + str(args.scores) if args.scores else 'computed'}, but there is "
+                             f"no EER without target/non-target labels")
+        labels = trials.labels
+        if not 0 < int(labels.sum()) < labels.numel():
+            raise ScoreError(f"the trials need both target and non-target pairs; got {int(labels.sum())} targets "
+                             f"of {labels.numel()}")
+        result = evaluate(scores, labels, hits, args.p_target, args.c_miss, args.c_fa, args.far)
+        result = {"embeddings": str(args.embeddings), "trials": trials.source, "normalisation": normalisation,
+                  **result}
+        if args.det is not None:
+            result["det"] = str(draw_det(args.det, scores, labels, result,
+                                         title=f"{Path(args.embeddings).name}: "
+                                               f"{' + '.join(norm) if norm else 'no score normalisation'}"))
+        if args.scores is not None:
+            result["scores_file"] = str(args.scores)
+    except (ScoreError, EmbeddingError, CorpusError, ValueError, OSError) as err:
+        return _error(str(err))
+    print(json.dumps(result, indent=2) if args.json else _table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,8 +3,28 @@
 Never imports ``speakerzoo.datamodules``; DataModules and models are linked by the CLI.
 """
 
-from speakerzoo.zoo.base import InvalidCheckpointError, SpeakerEmbeddingModule
+from speakerzoo.zoo.base import InvalidCheckpointError, LoadReport, SpeakerEmbeddingModule
 from speakerzoo.zoo.ecapa import ECAPA
 from speakerzoo.zoo.heads import AAMSoftmax
+from speakerzoo.zoo.registry import (
+    ChecksumError,
+    RegistryEntry,
+    RegistryError,
+    UnknownCheckpointError,
+    load_registry,
+    resolve,
+)
 
-__all__ = ["AAMSoftmax", "ECAPA", "InvalidCheckpointError", "SpeakerEmbeddingModule"]
+__all__ = [
+    "AAMSoftmax",
+    "ChecksumError",
+    "ECAPA",
+    "InvalidCheckpointError",
+    "LoadReport",
+    "RegistryEntry",
+    "RegistryError",
+    "SpeakerEmbeddingModule",
+    "UnknownCheckpointError",
+    "load_registry",
+    "resolve",
+]

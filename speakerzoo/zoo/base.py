@@ -13,28 +13,61 @@ import enum
 import importlib
 import inspect
 import math
+import os
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from speakerzoo import __version__
-from speakerzoo.features import Frontend
+from speakerzoo.features import FeatureConfig, Frontend
 from speakerzoo.scoring import EqualErrorRate, MinDCF, Trials, score_trials, subset_trials
+from speakerzoo.zoo import registry as _registry
 
 Batch = dict[str, Tensor]
 
 
 class InvalidCheckpointError(ValueError):
     """A file that :meth:`SpeakerEmbeddingModule.from_pretrained` cannot rebuild a model from."""
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What loading a checkpoint's weights into a model kept and left out.
+
+    Attributes:
+        source: the checkpoint file (and the registry name it was found by, if any).
+        class_path: the model class recorded in the checkpoint.
+        loaded: state-dict keys loaded from the file.
+        dropped: keys of the file not loaded, each as ``"key [shape] (reason)"`` (classifier head only).
+        fresh: keys of the model that the file did not give (a newly initialised head).
+    """
+
+    source: str
+    class_path: str
+    loaded: list[str]
+    dropped: list[str]
+    fresh: list[str]
+
+    def summary(self) -> str:
+        groups = Counter(key.split(".", 1)[0] for key in self.loaded)
+        kept = ", ".join(f"{name}.* {n}" for name, n in sorted(groups.items()))
+        lines = [f"weights from {self.source} ({self.class_path}): kept {len(self.loaded)} tensors ({kept})"]
+        if self.dropped:
+            lines.append(f"  dropped {len(self.dropped)}: " + "; ".join(self.dropped))
+        if self.fresh:
+            lines.append(f"  newly initialised {len(self.fresh)}: " + ", ".join(self.fresh))
+        return "\n".join(lines)
 
 
 class SpeakerEmbeddingModule(L.LightningModule):
@@ -49,6 +82,13 @@ class SpeakerEmbeddingModule(L.LightningModule):
         speaker_names: names of the ``num_speakers`` classes, in label order (optional).
         lr, weight_decay: AdamW parameters of the default :meth:`configure_optimizers`.
         warmup_epochs: linear warm-up (may be fractional) before the cosine decay.
+        init_from: fine-tuning: a checkpoint file or registry name (:mod:`speakerzoo.zoo.registry`)
+            whose weights initialise this model when training starts (``setup("fit")``; see
+            :meth:`init_weights_from`). The classifier head is loaded only when it fits (same
+            size and, when both are known, the same speakers); otherwise it starts fresh.
+            Everything else must fit exactly. A resumed run (``--ckpt_path``) restores its own
+            weights after this, so the resume wins; a model rebuilt by :meth:`from_pretrained`
+            or loaded from a checkpoint does not load it again.
 
     **Writing a model.** Subclass, pass the shared arguments to ``super().__init__``, call
     ``self.save_hyperparameters()`` in your own ``__init__`` (so that *every* init argument,
@@ -59,9 +99,9 @@ class SpeakerEmbeddingModule(L.LightningModule):
         class MyModel(SpeakerEmbeddingModule):
             def __init__(self, num_speakers=0, sample_rate=16000, frontend="fbank80",
                          speaker_names=None, embedding_dim=128, lr=1e-3, weight_decay=1e-4,
-                         warmup_epochs=0.0):
+                         warmup_epochs=0.0, init_from=None):
                 super().__init__(num_speakers, sample_rate, frontend, speaker_names,
-                                 lr, weight_decay, warmup_epochs)
+                                 lr, weight_decay, warmup_epochs, init_from)
                 self.save_hyperparameters()
                 self.embedding_dim = embedding_dim
                 self.encoder = ...
@@ -94,6 +134,15 @@ class SpeakerEmbeddingModule(L.LightningModule):
     and the epoch mean over all processes) and ``train/lr`` (first parameter group, per step),
     so no ``LearningRateMonitor`` is needed.
 
+    **Resuming** (``--ckpt_path``) continues where the checkpoint left off: Lightning restores
+    weights, optimiser, scheduler, epoch and step; the training sampler seeds each epoch by
+    its number; and the torch random generator (dropout) is re-seeded at the first batch of
+    every epoch after the first from ``(training seed, epoch, rank)``, the training seed (the
+    ``seed_everything`` seed, else ``torch.initial_seed()``) being stored in the checkpoint.
+    A run resumed from an end-of-epoch checkpoint therefore ends with the same weights as one
+    never interrupted. Models that draw random numbers in training should use the torch
+    generator to keep that property.
+
     ``predict_step`` returns ``{"index": [B], "embedding": [B, D]}``.
     """
 
@@ -113,6 +162,7 @@ class SpeakerEmbeddingModule(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         warmup_epochs: float = 0.0,
+        init_from: str | None = None,
     ):
         super().__init__()
         if speaker_names is not None:
@@ -130,6 +180,13 @@ class SpeakerEmbeddingModule(L.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_epochs = warmup_epochs
+        self.init_from = None if init_from is None else str(init_from)
+        #: What :meth:`init_weights_from` loaded for ``init_from`` (``None`` until applied).
+        self.init_report: LoadReport | None = None
+        self._init_from_done = False  # applied, or the weights came from a checkpoint
+        self._init_from_error: Exception | None = None
+        self._restored = False  # on_load_checkpoint ran (a resume, or load_from_checkpoint)
+        self._train_seed: int | None = None
         self.head = None
         self._train_loss = MeanMetric()
         self._train_acc = MeanMetric()
@@ -199,6 +256,50 @@ class SpeakerEmbeddingModule(L.LightningModule):
                 f"the corpus is at {rate} Hz but {type(self).__name__} expects {self.sample_rate} Hz audio; "
                 f"prepare the corpus with --sample-rate {self.sample_rate} (or build the model for {rate} Hz)"
             )
+        if stage == "fit":
+            if self._train_seed is None:
+                self._train_seed = _initial_train_seed()
+            self._apply_init_from()
+
+    def _apply_init_from(self) -> None:
+        # Lightning calls setup before it restores a --ckpt_path, so a resume overwrites what is
+        # loaded here (see on_load_checkpoint). A failure is kept until the restore is done
+        # (on_fit_start; on_train_start for strategies that restore after setup) and raised only
+        # if nothing was restored: a resumed run does not need the init file any more.
+        if not self.init_from or self._init_from_done:
+            return
+        try:
+            report = self.init_weights_from(self.init_from)
+        except (OSError, InvalidCheckpointError, _registry.RegistryError) as error:
+            self._init_from_error = error
+            return
+        self._init_from_done = True
+        self._init_from_error = None
+        self.init_report = report
+        rank_zero_info(f"{type(self).__name__} init_from: {report.summary()}")
+
+    def _raise_init_from_error(self) -> None:
+        error, self._init_from_error = self._init_from_error, None
+        if error is not None and not self._restored:
+            raise error
+
+    def on_fit_start(self) -> None:
+        if self._trainer is None or not self.trainer.strategy.restore_checkpoint_after_setup:
+            self._raise_init_from_error()
+
+    def on_train_start(self) -> None:
+        self._raise_init_from_error()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Everything random in an epoch follows from (seed, epoch): the sampler's batches and
+        # crops (set_epoch), and here the torch generator (dropout), so that a resumed run
+        # draws what the uninterrupted one would have drawn. It is re-seeded at the first batch,
+        # not at the epoch start: Lightning makes the loader iterator (which draws from the
+        # generator) after on_train_epoch_start in a running fit, before it after a resume.
+        # Epoch 0 is never where a resume starts: it keeps the generator as seeded before training.
+        if batch_idx == 0 and self._train_seed is not None and self.current_epoch > 0:
+            rank = self.global_rank if self._trainer is not None else 0
+            torch.manual_seed(_epoch_seed(self._train_seed, self.current_epoch, rank))
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         features, frame_lengths = self.features(batch)
@@ -373,7 +474,23 @@ class SpeakerEmbeddingModule(L.LightningModule):
             "sample_rate": self.sample_rate,
             "speaker_names": list(self.speaker_names) if self.speaker_names is not None else None,
             "embedding_dim": int(getattr(self, "embedding_dim", 0)),
+            "train_seed": self._train_seed,
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning's resume (--ckpt_path) and load_from_checkpoint: the weights come from the
+        # checkpoint, so init_from must not be applied (again) over them.
+        self._restored = True
+        self._init_from_done = True
+        meta = checkpoint.get("speakerzoo")
+        if isinstance(meta, Mapping) and meta.get("train_seed") is not None:
+            self._train_seed = int(meta["train_seed"])
+        if self.init_from and (self.init_report is not None or self._init_from_error is not None):
+            rank_zero_info(
+                f"{type(self).__name__}: resuming from a checkpoint; its weights replace those of "
+                f"init_from={self.init_from!r}"
+                + (f" (which could not be loaded: {self._init_from_error})" if self._init_from_error else "")
+            )
 
     @classmethod
     def from_pretrained(
@@ -382,50 +499,37 @@ class SpeakerEmbeddingModule(L.LightningModule):
         map_location: str | torch.device = "cpu",
         drop_head: bool = False,
         num_speakers: int | None = None,
+        registry: str | Path | None = None,
     ) -> "SpeakerEmbeddingModule":
         """Rebuild a model from a speakerzoo checkpoint file alone, in eval mode.
 
         Arguments:
-            path: a ``.ckpt`` saved by Lightning from a :class:`SpeakerEmbeddingModule` subclass.
+            path: a ``.ckpt`` saved by Lightning from a :class:`SpeakerEmbeddingModule` subclass,
+                or the name of one in the checkpoint registry (an existing file wins; see
+                :mod:`speakerzoo.zoo.registry`). A registered file is checked against its sha256
+                (a ``url`` is downloaded into the cache first) and its class against the registry's.
             map_location: where to load the tensors.
             drop_head: do not load the classification head (``head.*`` weights); the model gets
                 ``num_speakers`` classes with a fresh head, or no head when ``num_speakers`` is not given.
             num_speakers: a new number of training speakers; head weights whose shape no longer
                 matches are not loaded (the rest of the head is).
+            registry: the registry file for names (default: ``$SPEAKERZOO_REGISTRY`` or the
+                source checkout's ``checkpoints/registry.yaml``).
 
         What was not loaded is reported with a ``UserWarning``; speaker names are kept only when
         the head is loaded whole. The file is read with ``torch.load(weights_only=True)`` (no code
         runs from it); the class named in it is imported only from ``speakerzoo`` or from a module
-        that is already imported, and must subclass ``cls``.
+        that is already imported, and must subclass ``cls``. The rebuilt model's ``init_from`` is
+        ``None``: its weights are those of the file, whatever it was fine-tuned from.
 
         Raises:
-            FileNotFoundError: no such file.
-            InvalidCheckpointError: not a (complete) speakerzoo checkpoint, or a checkpoint of a
-                class that is not a subclass of ``cls``.
+            FileNotFoundError: no such file (:class:`~speakerzoo.zoo.registry.UnknownCheckpointError`
+                when it is no registered name either; the message lists the known names).
+            InvalidCheckpointError: not a (complete) speakerzoo checkpoint, a checkpoint of a
+                class that is not a subclass of ``cls`` or not the registry's class.
+            ~speakerzoo.zoo.registry.ChecksumError: a registered file whose digest does not match.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
-        try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as error:  # noqa: BLE001 - torch raises several types for bad files
-            if "weights only" in str(error).lower() or "weights_only" in str(error):
-                raise InvalidCheckpointError(
-                    f"{path}: refusing to load, the file holds objects other than plain data and tensors "
-                    f"(torch.load(weights_only=True) says: {str(error).splitlines()[0]})"
-                ) from error
-            raise InvalidCheckpointError(
-                f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or another kind of file): "
-                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            ) from error
-        if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
-            raise InvalidCheckpointError(f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict')")
-        meta = checkpoint.get("speakerzoo")
-        if not isinstance(meta, Mapping) or "class_path" not in meta:
-            raise InvalidCheckpointError(
-                f"{path} is a Lightning checkpoint but not one of a speakerzoo embedding model (no 'speakerzoo' entry)"
-            )
-        klass = _resolve_class(str(meta["class_path"]), path)
+        path, checkpoint, meta, klass = _read_checkpoint(path, map_location, registry)
         if not issubclass(klass, cls):
             raise InvalidCheckpointError(
                 f"{path} holds a {meta['class_path']} checkpoint, which is not a {cls.__qualname__}; "
@@ -439,6 +543,8 @@ class SpeakerEmbeddingModule(L.LightningModule):
             hparams["frontend"] = dict(meta["frontend"])
         if "sample_rate" in meta:
             hparams["sample_rate"] = int(meta["sample_rate"])
+        # The weights are the file's: never re-read what the model was fine-tuned from.
+        hparams["init_from"] = None
         stored_speakers = int(hparams.get("num_speakers", 0) or 0)
         new_speakers = num_speakers if num_speakers is not None else (0 if drop_head else stored_speakers)
         head_changed = drop_head or new_speakers != stored_speakers
@@ -450,25 +556,165 @@ class SpeakerEmbeddingModule(L.LightningModule):
             hparams = {k: v for k, v in hparams.items() if k in params}
         model = klass(**hparams)
 
-        state = dict(checkpoint["state_dict"])
-        own = model.state_dict()
-        dropped = []
-        if head_changed:
-            for key in [k for k in state if k.startswith("head.")]:
-                if drop_head or key not in own or own[key].shape != state[key].shape:
-                    shape = list(state.pop(key).shape)
-                    now = f"model now has {list(own[key].shape)}" if key in own else "not in the model"
-                    dropped.append(f"{key} {shape} ({now})")
-        result = model.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not (head_changed and k.startswith("head."))]
-        if missing or result.unexpected_keys:
-            raise InvalidCheckpointError(
-                f"{path}: weights do not fit {klass.__qualname__} built from its hyper-parameters "
-                f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
-            )
-        if dropped:
-            warnings.warn(f"{path}: classifier weights not loaded: " + "; ".join(dropped), UserWarning, stacklevel=2)
+        report = _load_weights(
+            model, checkpoint["state_dict"], str(path), str(meta["class_path"]),
+            head="drop" if drop_head else ("fit" if head_changed else "keep"),
+            what=f"{klass.__qualname__} built from its hyper-parameters",
+        )
+        if report.dropped:
+            warnings.warn(f"{path}: classifier weights not loaded: " + "; ".join(report.dropped), UserWarning,
+                          stacklevel=2)
         return model.eval()
+
+    def init_weights_from(
+        self, source: str | Path, registry: str | Path | None = None, map_location: str | torch.device = "cpu"
+    ) -> LoadReport:
+        """Load a trained checkpoint's weights into this model, the start of fine-tuning (``init_from``).
+
+        ``source`` is a checkpoint file or a registry name (checked as in :meth:`from_pretrained`).
+        The checkpoint must hold this model's class (or a class it derives from, or one derived
+        from it) with the same frontend and sample rate. Classifier-head weights (``head.*``)
+        are loaded only when their shape fits and, when the checkpoint and this model both know
+        their speaker names, the speakers are the same; otherwise they are dropped and the head
+        keeps its fresh initialisation. Any other mismatch (missing, unexpected or differently
+        shaped weights: another architecture or size) raises :class:`InvalidCheckpointError`
+        naming the file and the keys. Returns what was kept and dropped; nothing is printed
+        (``init_from`` logs :meth:`LoadReport.summary`).
+        """
+        path, checkpoint, meta, klass = _read_checkpoint(source, map_location, registry)
+        mine = type(self)
+        label = str(path) if str(path) == str(source) else f"{path} ({source!r})"
+        if not (issubclass(mine, klass) or issubclass(klass, mine)) or klass is SpeakerEmbeddingModule:
+            raise InvalidCheckpointError(
+                f"{label} holds a {meta['class_path']} checkpoint: a {mine.__qualname__} cannot be initialised "
+                f"from it (init_from needs a checkpoint of the same model class)"
+            )
+        if "frontend" in meta:
+            try:
+                stored = FeatureConfig.parse(dict(meta["frontend"]))
+            except (TypeError, ValueError) as error:
+                raise InvalidCheckpointError(f"{label}: unreadable frontend {meta['frontend']!r}: {error}") from error
+            if stored != self.frontend.config:
+                raise InvalidCheckpointError(
+                    f"{label} was trained on features {stored} but this {mine.__qualname__} computes "
+                    f"{self.frontend.config}; set the model's frontend to the checkpoint's to fine-tune it"
+                )
+        if "sample_rate" in meta and int(meta["sample_rate"]) != self.sample_rate:
+            raise InvalidCheckpointError(
+                f"{label} was trained on {int(meta['sample_rate'])} Hz audio but this {mine.__qualname__} "
+                f"expects {self.sample_rate} Hz"
+            )
+        names = meta.get("speaker_names")
+        other_speakers = names is not None and self.speaker_names is not None and list(names) != list(self.speaker_names)
+        return _load_weights(
+            self, checkpoint["state_dict"], label, str(meta["class_path"]),
+            head="drop" if other_speakers else "fit",
+            what=mine.__qualname__,
+            drop_note="trained on other speakers" if other_speakers else None,
+        )
+
+
+def _read_checkpoint(
+    source: str | Path, map_location: str | torch.device, registry: str | Path | None
+) -> tuple[Path, Mapping[str, Any], Mapping[str, Any], type[SpeakerEmbeddingModule]]:
+    """``(file, checkpoint, speakerzoo metadata, model class)`` of a checkpoint file or registry name,
+    read with ``torch.load(weights_only=True)``; the registry's class must be the file's."""
+    candidate = Path(source)
+    if candidate.is_file():
+        path, entry = candidate, None
+    else:
+        if candidate.exists():
+            raise FileNotFoundError(f"checkpoint {str(candidate)!r} does not exist or is not a file")
+        path, entry = _registry.resolve_entry(source, registry)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises several types for bad files
+        if "weights only" in str(error).lower() or "weights_only" in str(error):
+            raise InvalidCheckpointError(
+                f"{path}: refusing to load, the file holds objects other than plain data and tensors "
+                f"(torch.load(weights_only=True) says: {str(error).splitlines()[0]})"
+            ) from error
+        raise InvalidCheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or another kind of file): "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from error
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise InvalidCheckpointError(f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict')")
+    meta = checkpoint.get("speakerzoo")
+    if not isinstance(meta, Mapping) or "class_path" not in meta:
+        raise InvalidCheckpointError(
+            f"{path} is a Lightning checkpoint but not one of a speakerzoo embedding model (no 'speakerzoo' entry)"
+        )
+    if entry is not None and not _registry.class_matches(entry.class_path, str(meta["class_path"])):
+        raise InvalidCheckpointError(
+            f"registry entry {entry.name!r} says class {entry.class_path} but its file {path} holds a "
+            f"{meta['class_path']} checkpoint; refusing to load it"
+        )
+    klass = _resolve_class(str(meta["class_path"]), path)
+    return path, checkpoint, meta, klass
+
+
+def _load_weights(
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    source: str,
+    class_path: str,
+    head: Literal["keep", "fit", "drop"],
+    what: str,
+    drop_note: str | None = None,
+) -> LoadReport:
+    """Load ``state`` into ``model``. Classifier head (``head.*``): ``keep`` loads it like everything
+    else, ``fit`` drops the weights that do not fit the model (its other head weights stay fresh),
+    ``drop`` drops them all. Anything else that is missing, unexpected or of another shape raises
+    :class:`InvalidCheckpointError` naming ``source`` and the keys."""
+    state = dict(state)
+    own = model.state_dict()
+    dropped = []
+    if head != "keep":
+        for key in [k for k in state if k.startswith("head.")]:
+            fits = key in own and own[key].shape == state[key].shape
+            if head == "drop" or not fits:
+                shape = list(state.pop(key).shape)
+                reason = f"model now has {list(own[key].shape)}" if key in own else "not in the model"
+                if drop_note:
+                    reason += f"; {drop_note}"
+                dropped.append(f"{key} {shape} ({reason})")
+    flexible = head != "keep"
+    mismatched = [
+        f"{k} {list(v.shape)} (model has {list(own[k].shape)})" for k, v in state.items() if k in own and own[k].shape != v.shape
+    ]
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and not (flexible and k.startswith("head."))]
+    if mismatched or unexpected or missing:
+        problems = []
+        for label, keys in (("shapes differ", mismatched), ("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+                problems.append(f"{label}: {', '.join(keys[:8])}{more}")
+        raise InvalidCheckpointError(
+            f"{source}: weights do not fit {what} (another architecture or size?); " + "; ".join(problems)
+        )
+    model.load_state_dict(state, strict=False)
+    return LoadReport(source=source, class_path=class_path, loaded=list(state), dropped=dropped,
+                      fresh=[k for k in own if k not in state])
+
+
+def _initial_train_seed() -> int:
+    """The ``seed_everything`` seed (``PL_GLOBAL_SEED``), else the torch generator's initial seed
+    (``torch.manual_seed``'s, or the random one torch starts with); draws nothing from it."""
+    env = os.environ.get("PL_GLOBAL_SEED")
+    if env is not None:
+        try:
+            return int(env)
+        except ValueError:
+            pass
+    return int(torch.initial_seed())
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of the torch generator for one training epoch of one rank."""
+    state = np.random.SeedSequence([seed % 2**64, epoch, rank]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
 
 
 def _resolve_class(class_path: str, path: Path) -> type[SpeakerEmbeddingModule]:

@@ -20,8 +20,8 @@ class ECAPA(SpeakerEmbeddingModule):
     ``[512, 512, 512, 512, 1536]`` (the paper's C=512 model); pass them for a lighter model.
 
     Arguments:
-        num_speakers, sample_rate, frontend, speaker_names, lr, weight_decay, warmup_epochs:
-            see :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule`.
+        num_speakers, sample_rate, frontend, speaker_names, lr, weight_decay, warmup_epochs,
+        init_from: see :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule`.
         embedding_dim: embedding size (speechbrain's ``lin_neurons``).
         channels: output channels of the five blocks (SE-Res2Net blocks 2-4, the last is the
             multi-layer feature aggregation).
@@ -67,6 +67,7 @@ class ECAPA(SpeakerEmbeddingModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         warmup_epochs: float = 0.0,
+        init_from: str | None = None,
     ):
         super().__init__(
             num_speakers=num_speakers,
@@ -76,6 +77,7 @@ class ECAPA(SpeakerEmbeddingModule):
             lr=lr,
             weight_decay=weight_decay,
             warmup_epochs=warmup_epochs,
+            init_from=init_from,
         )
         self.save_hyperparameters()
         if self.frontend.dim is None:

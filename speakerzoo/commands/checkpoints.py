@@ -1,0 +1,122 @@
+"""``speakerzoo checkpoints {list,add,verify}``: the checkpoint registry from the command line.
+
+::
+
+    speakerzoo checkpoints add ecapa-toy runs/speakerzoo/version_0/checkpoints/best-005.ckpt \\
+        --corpus "toy, 40 speakers, split by speaker" --eer 0.125
+    speakerzoo checkpoints list
+    speakerzoo checkpoints verify            # every entry; or: verify ecapa-toy
+
+``add`` computes the sha256 and reads the model class from the checkpoint; ``verify`` re-hashes
+the files (URL entries only when downloaded, or with ``--download``); ``list`` prints a table.
+The registry is ``--registry FILE``, else ``$SPEAKERZOO_REGISTRY``, else the source checkout's
+``checkpoints/registry.yaml`` (see :mod:`speakerzoo.zoo.registry`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from speakerzoo.zoo import registry as reg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speakerzoo checkpoints",
+        description="The registry of trained checkpoints: name -> file or URL, sha256, class, corpus, EER.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{list,add,verify}")
+
+    def registry_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--registry", metavar="FILE",
+                       help=f"registry file (default: ${reg.REGISTRY_ENV}, else checkpoints/registry.yaml "
+                            "of the source checkout)")
+
+    p_list = sub.add_parser("list", help="print the registered checkpoints as a table")
+    registry_option(p_list)
+
+    p_add = sub.add_parser("add", help="register a checkpoint (sha256 and class are read from the file)")
+    p_add.add_argument("name", help="registry name (letters, digits, '.', '_', '-')")
+    p_add.add_argument("checkpoint", help="the .ckpt file")
+    p_add.add_argument("--corpus", required=True, help="what it was trained on")
+    p_add.add_argument("--eer", required=True, help="measured EER: a fraction (0.125) or a percentage (12.5%%)")
+    p_add.add_argument("--url", help="record this http(s):// or file:// URL instead of the file's path")
+    p_add.add_argument("--notes", help="free text (recipe, epochs, ...)")
+    p_add.add_argument("--force", action="store_true", help="replace an entry of the same name")
+    registry_option(p_add)
+
+    p_verify = sub.add_parser("verify", help="re-check the sha256 of one or all registered checkpoints")
+    p_verify.add_argument("name", nargs="?", help="only this entry")
+    p_verify.add_argument("--download", action="store_true",
+                          help="download URL entries that are not in the cache yet (otherwise they are skipped)")
+    registry_option(p_verify)
+    return parser
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _list(registry: reg.Registry) -> int:
+    if registry.file is None:
+        print(registry.describe())
+        return 0
+    if not registry.entries:
+        print(f"{registry.file}: no checkpoints registered")
+        return 0
+    rows = []
+    for name in registry.names():
+        e = registry.entries[name]
+        rows.append([name, e.class_path.rpartition(".")[2], f"{100 * e.eer:.2f}%", e.corpus, e.source,
+                     e.sha256[:12]])
+    print(f"{registry.file}:")
+    print(_table(rows, ["NAME", "CLASS", "EER", "CORPUS", "SOURCE", "SHA256"]))
+    return 0
+
+
+def _verify(registry: reg.Registry, name: str | None, download: bool) -> int:
+    names = [registry.get(name).name] if name is not None else registry.names()
+    if not names:
+        print(f"{registry.file or 'no registry'}: no checkpoints registered")
+        return 0
+    failed = 0
+    for n in names:
+        entry = registry.entries[n]
+        try:
+            if entry.url is not None and not download and not reg.cached_path(entry).is_file():
+                print(f"skipped  {n}: {entry.url} is not downloaded (--download fetches it)")
+                continue
+            path = reg.resolve(n, registry)
+            print(f"ok       {n}: {path}")
+        except (OSError, reg.RegistryError) as error:
+            failed += 1
+            print(f"FAILED   {n}: {error}")
+    if failed:
+        print(f"{failed} of {len(names)} checkpoint(s) failed verification", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.action == "add":
+            entry = reg.add_entry(args.name, args.checkpoint, corpus=args.corpus, eer=args.eer,
+                                  registry=args.registry, url=args.url, notes=args.notes, overwrite=args.force)
+            where = args.registry or reg.default_registry_path()
+            print(f"added {entry.name}: {entry.class_path}, sha256 {entry.sha256}, {entry.source} -> {where}")
+            return 0
+        registry = reg.load_registry(args.registry)
+        if args.action == "list":
+            return _list(registry)
+        return _verify(registry, args.name, args.download)
+    except (OSError, reg.RegistryError) as error:
+        print(f"speakerzoo checkpoints {args.action}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -44,10 +44,17 @@ class SpeakerZooCLI(LightningCLI):
         # Checkpoints keep the best model by validation EER and the last one (for resuming).
         # The learning rate is logged by the model itself (train/lr).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # A second checkpoint refreshed after every epoch: Lightning 2.6 rewrites the first one's
+        # ``last.ckpt`` only at steps where a new best is saved, so it could lag behind the run.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/eer",
             "checkpoint.mode": "min",
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": False,
+            "last_checkpoint.monitor": None,
+            "last_checkpoint.save_top_k": 1,
+            "last_checkpoint.filename": "last",
+            "last_checkpoint.enable_version_counter": False,
             "checkpoint.filename": "best-{epoch:03d}",
             "checkpoint.auto_insert_metric_name": False,
             # The speaker-balanced batch sampler shards by rank itself.

@@ -90,8 +90,7 @@ def test_resume_from_last_checkpoint_continues_the_epoch_count(toy, tmp_path):
     cli(*common, "--trainer.max_epochs=2", f"--ckpt_path={last}")
     state = torch.load(next(root.rglob("last.ckpt")), weights_only=True)
     # exactly one more epoch of 2 steps: nothing repeated, nothing skipped
-    assert state["global_step"] == 4
-    assert state["loops"]["fit_loop"]["epoch_progress"]["total"]["completed"] == 2
+    assert state["global_step"] == 4 and state["epoch"] == 1  # saved at the end of the second epoch
 
 
 def test_ddp_on_two_cpu_processes(toy, tmp_path):
@@ -174,3 +173,12 @@ def test_a_validation_with_no_complete_trial_does_not_stop_training(toy, tmp_pat
         "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0", "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=1", f"--trainer.logger.init_args.save_dir={root}")
     assert next(root.rglob("last.ckpt")).is_file()
+
+
+def test_last_checkpoint_follows_the_run_when_eer_does_not_improve(toy, tmp_path):
+    """lr=0: the best checkpoint stays at epoch 0, but last.ckpt must hold the final step."""
+    root = tmp_path / "run"
+    cli("fit", "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", "--model.init_args.lr=0",
+        "--trainer.max_epochs=3", "--trainer.limit_train_batches=2", f"--trainer.logger.init_args.save_dir={root}")
+    assert torch.load(next(root.rglob("best-*.ckpt")), weights_only=True)["global_step"] == 2
+    assert torch.load(next(root.rglob("last.ckpt")), weights_only=True)["global_step"] == 6

@@ -41,6 +41,36 @@ from speakerzoo.features import FeatureConfig, frame_count
 from speakerzoo.scoring import Trials
 
 
+class LazyStartDataLoader(DataLoader):
+    """A DataLoader whose worker processes start at the first batch, not at ``iter()``.
+
+    Lightning creates the training iterator before it restores a resumed run's epoch and calls
+    the sampler's ``set_epoch``; workers started then prefetch batches of epoch 0, so a resumed
+    run repeated epoch 0's batches. Deferring ``DataLoader.__iter__`` to the first ``next()``
+    lets ``set_epoch`` act first.
+    """
+
+    def __iter__(self):
+        return _DeferredIterator(self)
+
+
+class _DeferredIterator:
+    def __init__(self, loader: DataLoader):
+        self._loader = loader
+        self._iterator = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._iterator = DataLoader.__iter__(self._loader)
+        return next(self._iterator)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+
 class SpeakerDataModule(lightning.LightningDataModule):
     """Crops for training, whole utterances and trials for evaluation, from one corpus file.
 
@@ -237,8 +267,8 @@ class SpeakerDataModule(lightning.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self._check_training()
         dataset = CropDataset(self.corpus, self.train_items, self.train_labels, features=self.features)
-        return DataLoader(dataset, batch_sampler=self.train_sampler(), collate_fn=collate_crops,
-                          **self._loader_kwargs())
+        return LazyStartDataLoader(dataset, batch_sampler=self.train_sampler(), collate_fn=collate_crops,
+                                   **self._loader_kwargs())
 
     def eval_items(self, part: str, rank: int | None = None, world_size: int | None = None) -> np.ndarray:
         """Utterances of ``part`` that ``rank`` evaluates: longest first, then every ``world_size``-th."""

@@ -236,9 +236,9 @@ def test_fit_logs_training_and_trial_metrics(fitted):
 def direct_scoring(model, dm):
     """Embeddings of every val utterance in one batch, and the EER of the val pairs scored by hand."""
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # one utterance at a time, as validation embeds them (no padding)
         batch = collate(dm.val_items)
-        emb = model.embed(batch["waveforms"], batch["lengths"])
+        emb = torch.cat([model.embed(w[None, :n]) for w, n in zip(batch["waveforms"], batch["lengths"].tolist())])
     pairs = dm._trials.pairs
     scores = F.cosine_similarity(emb[pairs[:, 0] - 100], emb[pairs[:, 1] - 100])
     return emb, eer(scores, pairs[:, 2])
@@ -394,3 +394,26 @@ def test_cosine_schedule_with_warmup():
     assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])  # warm-up over one epoch = 2 steps
     assert all(a > b for a, b in zip(factors[2:], factors[3:]))  # then cosine decay
     assert scheduler.lr_lambdas[0](8) == pytest.approx(0.0)
+
+
+def test_evaluation_embeddings_ignore_batch_padding():
+    """Validation, test and predict embed each row at its own length (ECAPA's reflect padding
+    would otherwise let the padding change the embedding)."""
+    torch.manual_seed(0)
+    model = ECAPA(num_speakers=4, channels=[32, 32, 32, 32, 96], embedding_dim=16, attention_channels=8, se_channels=8)
+    model.train()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for _ in range(3):
+            model.embed(torch.randn(4, 16000))
+    model.eval()
+    lengths = torch.tensor([16000, 9000, 9000, 5000])
+    waves = torch.randn(4, 16000) * (torch.arange(16000)[None, :] < lengths[:, None])
+    batch = {"waveforms": waves, "lengths": lengths, "index": torch.arange(4)}
+    with torch.no_grad():
+        exact = model.embed_unpadded(batch)
+        alone = torch.cat([model.embed(waves[i:i + 1, :n]) for i, n in enumerate(lengths.tolist())])
+        padded = model.embed(waves, lengths)
+        predicted = model.predict_step(batch, 0)["embedding"]
+    torch.testing.assert_close(exact, alone, rtol=0, atol=1e-5)
+    assert torch.equal(predicted, exact)
+    assert (padded[1:] - alone[1:]).abs().max() > 1e-4  # what the grouping avoids

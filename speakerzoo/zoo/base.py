@@ -359,7 +359,24 @@ class SpeakerEmbeddingModule(L.LightningModule):
         self._score("test")
 
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor | None]:
-        return {"index": batch.get("index"), "embedding": self.encode(*self.features(batch))}
+        return {"index": batch.get("index"), "embedding": self.embed_unpadded(batch)}
+
+    def embed_unpadded(self, batch: Batch) -> Tensor:
+        """Embeddings of an evaluation batch, each row computed at its own length.
+
+        Rows of equal length are embedded together, cut to that length, so batch padding never
+        reaches a model: speechbrain's ECAPA reflect-pads at the end of the padded tensor, and
+        padded batches moved FSDD embeddings to a cosine of 0.92 with their unpadded selves.
+        """
+        features, lengths = self.features(batch)
+        rows_by_length = [(int(n), (lengths == n).nonzero().squeeze(1)) for n in torch.unique(lengths)]
+        if len(rows_by_length) == 1 and rows_by_length[0][0] == features.shape[1]:
+            return self.encode(features, lengths)
+        parts = [(rows, self.encode(features[rows, :n], lengths[rows])) for n, rows in rows_by_length]
+        out = parts[0][1].new_empty((len(lengths), parts[0][1].shape[-1]))
+        for rows, emb in parts:
+            out[rows] = emb
+        return out
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -367,7 +384,7 @@ class SpeakerEmbeddingModule(L.LightningModule):
             rank_zero_warn(message)
 
     def _collect(self, part: str, batch: Batch) -> None:
-        embeddings = self.encode(*self.features(batch))
+        embeddings = self.embed_unpadded(batch)
         if "index" not in batch:
             self._warn_once(f"{part}-index", f"{part} batches carry no 'index'; no trials can be scored")
             return

@@ -28,8 +28,10 @@ from speakerzoo.zoo.base import SpeakerEmbeddingModule
 
 DESCRIPTION = """speakerzoo: train, evaluate and use speaker recognition models.
 
-Subcommands: prepare (audio -> corpus file; see `speakerzoo prepare --help`),
-fit, validate, test, predict (LightningCLI; `speakerzoo fit --help`).
+Subcommands: prepare (audio -> corpus file), embed (audio -> embeddings file),
+score (trials -> EER, minDCF, DET curve), export (TorchScript / ONNX),
+checkpoints (the registry): each has its own --help. fit, validate, test, predict
+are LightningCLI (`speakerzoo fit --help`).
 Start with: speakerzoo prepare toy --output data/toy.h5 && speakerzoo fit -c configs/ecapa_small.yaml
 """
 

@@ -62,12 +62,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from speakerzoo.argtypes import positive_float, positive_int
 from speakerzoo import __version__
 from speakerzoo.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from speakerzoo.datamodules.corpus import FORMAT as CORPUS_FORMAT
 from speakerzoo.datamodules.corpus import Corpus, CorpusError
-from speakerzoo.datamodules.prepare import _wav_truncation  # the same truncation rule as prepare
-from speakerzoo.datamodules.sources import SourceError, _scan, manifest
+from speakerzoo.datamodules.prepare import wav_truncation  # the same truncation rule as prepare
+from speakerzoo.datamodules.sources import SourceError, manifest, scan_audio
 
 __all__ = [
     "FORMAT",
@@ -294,7 +295,7 @@ def items_from_folder(root: str | Path, speakers: bool = True) -> tuple[list[Ite
     if not root.is_dir():
         raise SourceError(f"{root}: no such folder")
     root = root.resolve()
-    files, unsupported = _scan(root)
+    files, unsupported = scan_audio(root)
     rel = [p.relative_to(root).as_posix() for p in files]
     items = [
         Item(utt_id=i, speaker=(r.split("/")[0] if speakers and "/" in r else ""), path=str(p))
@@ -596,7 +597,7 @@ def _load(item: Item, corpus: Corpus | None, sample_rate: int) -> np.ndarray:
     if item.corpus_index >= 0:
         assert corpus is not None
         return corpus.audio(item.corpus_index)
-    reason = _wav_truncation(item.path)
+    reason = wav_truncation(item.path)
     if reason is not None:
         raise AudioError(item.path, reason)
     return load_audio(item.path, sample_rate)[0]
@@ -715,20 +716,6 @@ EXAMPLES = """examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer: {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speakerzoo embed",
@@ -749,17 +736,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", "-o", required=True, type=Path, metavar="OUT.h5", help="embeddings file to write")
     parser.add_argument("--split", choices=("speaker", "utterance"), help="corpus input: the split ...")
     parser.add_argument("--part", choices=("train", "val", "test"), help="... and the part of it to embed")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                         help="most utterances of equal length per forward pass (default: 32)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
-    parser.add_argument("--max-seconds", type=_positive_float, metavar="S",
+    parser.add_argument("--max-seconds", type=positive_float, metavar="S",
                         help="centre-crop longer utterances to S seconds (default: whole utterances)")
     parser.add_argument("--no-speakers", action="store_true",
                         help="folder input: do not take speaker names from the first folder level")
     parser.add_argument("--fast", action="store_true",
                         help="default kernels instead of batch-invariant ones: faster on some machines, but an "
                              "embedding may then differ in its last digits with its batch-mates")
-    parser.add_argument("--threads", type=_positive_int, metavar="N",
+    parser.add_argument("--threads", type=positive_int, metavar="N",
                         help=f"CPU: batches embedded in parallel (default: {torch.get_num_threads()})")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar; print only the output path")
     return parser

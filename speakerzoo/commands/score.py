@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from speakerzoo.argtypes import number_at_least, positive_float
 from speakerzoo.commands.embed import EmbeddingError, EmbeddingFile
 from speakerzoo.scoring import (
     OperatingPoint,
@@ -332,20 +333,6 @@ def _prior(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
-
-
-def _top_k(text: str) -> int:
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2: {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speakerzoo score",
@@ -372,11 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use one mean embedding per cohort speaker instead of every cohort utterance (as wespeaker)")
     norm.add_argument("--mean-norm", action="store_true", help="subtract the cohort mean embedding, re-normalise")
     norm.add_argument("--asnorm", action="store_true", help="adaptive symmetric score normalisation (AS-norm1)")
-    norm.add_argument("--top-k", type=_top_k, default=200, metavar="K", help="AS-norm: top cohort scores kept (default: 200)")
+    norm.add_argument("--top-k", type=number_at_least(int, 2), default=200, metavar="K", help="AS-norm: top cohort scores kept (default: 200)")
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument("--p-target", type=_prior, default=0.01, help="minDCF prior of a target trial (default: 0.01)")
-    metrics.add_argument("--c-miss", type=_positive, default=1.0, help="minDCF cost of a miss (default: 1)")
-    metrics.add_argument("--c-fa", type=_positive, default=1.0, help="minDCF cost of a false accept (default: 1)")
+    metrics.add_argument("--c-miss", type=positive_float, default=1.0, help="minDCF cost of a miss (default: 1)")
+    metrics.add_argument("--c-fa", type=positive_float, default=1.0, help="minDCF cost of a false accept (default: 1)")
     metrics.add_argument("--far", type=_fraction, default=0.01,
                          help="report the threshold whose false-accept rate is at most this (default: 0.01)")
     out = parser.add_argument_group("output")

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from speakerzoo.argtypes import non_negative_int, positive_int
 from speakerzoo.audio import AudioError, condition, read_audio
 from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter, single_torch_thread, to_pcm16
 from speakerzoo.datamodules.splits import MODES, PARTS
@@ -154,7 +155,7 @@ class PrepareSummary:
 # -- decoding (runs in worker processes) -----------------------------------------------------
 
 
-def _wav_truncation(path: str) -> str | None:
+def wav_truncation(path: str) -> str | None:
     """Why a RIFF/WAVE file is truncated, or ``None`` (also for files that are not WAV).
 
     libsndfile reads a truncated WAV without an error and returns the samples that are
@@ -199,7 +200,7 @@ def _decode(job: tuple[int, str], sample_rate: int, normalize: bool, trim: bool)
     """``(index, int16 PCM or None, original rate, channels, reason or None)`` for one file."""
     index, path = job
     try:
-        reason = _wav_truncation(path)
+        reason = wav_truncation(path)
         if reason is not None:
             return index, None, 0, 0, reason
         data, rate = read_audio(path)
@@ -438,20 +439,6 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer: {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
-    return value
-
-
 def _feature_help() -> str:
     names = [k for k in PRESETS if k != "waveform"]
     return f"feature presets to cache beside the audio ({', '.join(names)}); default: none"
@@ -477,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     opts = common.add_argument_group("options")
     opts.add_argument("--output", "-o", required=True, type=Path, metavar="OUT.h5", help="corpus file to write (required)")
-    opts.add_argument("--sample-rate", type=_positive_int, default=16000, metavar="HZ",
+    opts.add_argument("--sample-rate", type=positive_int, default=16000, metavar="HZ",
                       help="sample rate of the stored audio; other rates are resampled (default: 16000)")
     opts.add_argument("--normalize", action="store_true", help="scale every clip to a peak of 0.95")
     opts.add_argument("--trim-silence", action="store_true",
@@ -487,9 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="proportions of the train/val/test parts, by utterance and by speaker (default: 0.7 0.15 0.15)")
     opts.add_argument("--seed", type=int, default=0, help="seed of the splits and trials (default: 0)")
     opts.add_argument("--strict", action="store_true", help="stop at the first unusable file instead of skipping it")
-    opts.add_argument("--workers", type=_non_negative_int, default=DEFAULT_WORKERS, metavar="N",
+    opts.add_argument("--workers", type=non_negative_int, default=DEFAULT_WORKERS, metavar="N",
                       help=f"decoding processes; 0 decodes in this process (default: {DEFAULT_WORKERS})")
-    opts.add_argument("--max-trial-anchors", type=_positive_int, default=2000, metavar="N",
+    opts.add_argument("--max-trial-anchors", type=positive_int, default=2000, metavar="N",
                       help="most trial anchors per val/test part (default: 2000)")
     opts.add_argument("--quiet", "-q", action="store_true", help="no progress bars; print only the output path")
 
@@ -504,10 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=f"example:\n  {_TOY_EXAMPLE}", formatter_class=argparse.RawDescriptionHelpFormatter)
     t = toy.add_argument_group("options")
     t.add_argument("--output", "-o", required=True, type=Path, metavar="OUT.h5", help="corpus file to write (required)")
-    t.add_argument("--speakers", type=_positive_int, default=40, help="number of speakers (default: 40)")
-    t.add_argument("--utterances", type=_positive_int, default=24, help="utterances per speaker (default: 24)")
+    t.add_argument("--speakers", type=positive_int, default=40, help="number of speakers (default: 40)")
+    t.add_argument("--utterances", type=positive_int, default=24, help="utterances per speaker (default: 24)")
     t.add_argument("--seed", type=int, default=0, help="seed of the voices, splits and trials (default: 0)")
-    t.add_argument("--sample-rate", type=_positive_int, default=16000, metavar="HZ", help="sample rate (default: 16000)")
+    t.add_argument("--sample-rate", type=positive_int, default=16000, metavar="HZ", help="sample rate (default: 16000)")
     t.add_argument("--features", nargs="+", default=[], metavar="NAME", help=_feature_help())
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bars; print only the output path")
     return parser

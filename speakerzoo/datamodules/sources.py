@@ -106,7 +106,7 @@ def _strip_audio_ext(name: str) -> str:
     return name
 
 
-def _scan(root: Path, depth: int | None = None) -> tuple[list[Path], list[Path]]:
+def scan_audio(root: Path, depth: int | None = None) -> tuple[list[Path], list[Path]]:
     """Audio files under ``root`` (at exactly ``depth`` folder levels below it, or any depth),
     sorted by their path relative to ``root`` as POSIX text, so that the order is the same on
     every machine; and files in containers soundfile cannot decode (``.m4a`` ...)."""
@@ -137,7 +137,7 @@ def _scan(root: Path, depth: int | None = None) -> tuple[list[Path], list[Path]]
 
 
 def _audio_files(root: Path, depth: int | None = None) -> list[Path]:
-    return _scan(root, depth)[0]
+    return scan_audio(root, depth)[0]
 
 
 def _no_audio(root: Path, layout: str, found: str = "") -> SourceError:
@@ -175,7 +175,7 @@ def folder(root: str | Path) -> list[Utterance]:
     """
     layout = "<root>/<speaker>/**/*.wav|flac|ogg|mp3"
     root = _existing_dir(root, layout)
-    files, unsupported = _scan(root)
+    files, unsupported = scan_audio(root)
     _check_unsupported(root, files, unsupported, layout)
     loose = [p for p in files if p.parent == root]
     files = [p for p in files if p.parent != root]
@@ -348,7 +348,7 @@ def voxceleb(root: str | Path) -> list[Utterance]:
     """
     layout = "{speaker_id}/{video_id}/{n}.wav (or .flac)"
     root = _existing_dir(root, layout)
-    files, unsupported = _scan(root)
+    files, unsupported = scan_audio(root)
     _check_unsupported(root, files, unsupported, layout)
     records, odd = [], []
     for p in files:

@@ -1,0 +1,24 @@
+"""argparse value types shared by the speakerzoo commands (ground floor: imports nothing of ours)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+
+def number_at_least(kind: type, low: float, strict: bool = False) -> Callable[[str], float]:
+    """An argparse ``type=`` that parses ``kind`` and refuses values below ``low`` (or equal, if ``strict``)."""
+    def parse(text: str):
+        value = kind(text)
+        if value < low or (strict and value == low):
+            bound = f"greater than {low}" if strict else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}: {text}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} >{'' if strict else '='} {low}"
+    return parse
+
+
+positive_int = number_at_least(int, 0, strict=True)
+non_negative_int = number_at_least(int, 0)
+positive_float = number_at_least(float, 0, strict=True)

@@ -62,13 +62,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from speakerzoo.argtypes import positive_float, positive_int
 from speakerzoo import __version__
+from speakerzoo.argtypes import positive_float, positive_int
 from speakerzoo.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from speakerzoo.datamodules.corpus import FORMAT as CORPUS_FORMAT
 from speakerzoo.datamodules.corpus import Corpus, CorpusError
 from speakerzoo.datamodules.prepare import wav_truncation  # the same truncation rule as prepare
 from speakerzoo.datamodules.sources import SourceError, manifest, scan_audio
+from speakerzoo.h5file import AtomicH5Writer
 
 __all__ = [
     "FORMAT",
@@ -377,7 +378,7 @@ def _created() -> str:
     return when.isoformat(timespec="seconds")
 
 
-class EmbeddingWriter:
+class EmbeddingWriter(AtomicH5Writer):
     """Writes one embeddings file; use as a context manager.
 
     Example::
@@ -394,21 +395,11 @@ class EmbeddingWriter:
         self.path = Path(path)
         if self.path.is_dir():
             raise EmbeddingError(f"{self.path}: output is a folder; give a file name such as {self.path / 'embeddings.h5'}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        self._h5 = h5py.File(self.tmp, "w")
+        super().__init__(self.path)
         self._emb: h5py.Dataset | None = None
         self.dim = 0  # embedding size, known after the first add()
         self._text: dict[str, list[str]] = {"utt_id": [], "speaker": [], "path": []}
         self._ids: set[str] = set()
-        self._finished = False
-
-    def __enter__(self) -> "EmbeddingWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._finished:
-            self.abort()
 
     def __len__(self) -> int:
         return len(self._text["utt_id"])
@@ -458,17 +449,7 @@ class EmbeddingWriter:
             "speakerzoo_version": __version__,
             "complete": True,
         })
-        self._h5.close()
-        os.replace(self.tmp, self.path)
-        self._finished = True
-        return self.path
-
-    def abort(self) -> None:
-        try:
-            self._h5.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
-            self._finished = True
+        return self._commit()
 
 
 class EmbeddingFile:

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from speakerzoo import __version__
 from speakerzoo.datamodules import splits as splitting
 from speakerzoo.features import FeatureConfig, Frontend
+from speakerzoo.h5file import AtomicH5Writer
 
 FORMAT = "speakerzoo-corpus"
 SCHEMA_VERSION = 1
@@ -77,7 +78,7 @@ def from_pcm16(pcm: np.ndarray) -> np.ndarray:
     return pcm.astype(np.float32) / 32768.0
 
 
-class CorpusWriter:
+class CorpusWriter(AtomicH5Writer):
     """Writes one corpus file; use as a context manager.
 
     Example::
@@ -92,13 +93,9 @@ class CorpusWriter:
     """
 
     def __init__(self, path: str | Path, sample_rate: int, settings: dict[str, Any] | None = None):
-        self.path = Path(path)
-        if not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        super().__init__(path)
         self.sample_rate = int(sample_rate)
         self.settings = dict(settings or {})
-        self._h5 = h5py.File(self.tmp, "w")
         self._audio = self._h5.create_dataset("audio", shape=(0,), maxshape=(None,), dtype=np.int16, chunks=(1 << 16,))
         self._offsets = [0]
         self._speaker_names: list[str] = []
@@ -107,14 +104,6 @@ class CorpusWriter:
         self._text: dict[str, list[str]] = {k: [] for k in _TEXT_FIELDS}
         self._pending: list[np.ndarray] = []
         self._pending_len = 0
-        self._finished = False
-
-    def __enter__(self) -> "CorpusWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._finished:
-            self.abort()
 
     def __len__(self) -> int:
         return len(self._speaker)
@@ -197,10 +186,7 @@ class CorpusWriter:
             "speakerzoo_version": __version__,
             "complete": True,
         })
-        h5.close()
-        os.replace(self.tmp, self.path)
-        self._finished = True
-        return self.path
+        return self._commit()
 
     def _write_features(self, config: FeatureConfig, offsets: np.ndarray, progress: bool) -> None:
         """Cache the frontend's output, computed from the stored int16 PCM exactly as a model would."""
@@ -243,14 +229,6 @@ class CorpusWriter:
                 data[first:] = block
                 bar.update(stop - start)
                 start = stop
-
-    def abort(self) -> None:
-        """Drop the temporary file; an existing corpus at ``path`` is left as it was."""
-        try:
-            self._h5.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
-            self._finished = True
 
 
 class Corpus:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from unittest import mock
 from pathlib import Path
 
 import h5py
@@ -13,31 +12,15 @@ import lightning
 import pytest
 import torch
 
-from speakerzoo.cli import main
+from cli_run import REPO, SMALL, TINY, cli
 from speakerzoo.datamodules import Corpus, SpeakerDataModule
 from speakerzoo.datamodules.toy import prepare_toy
 from speakerzoo.zoo import ECAPA, SpeakerEmbeddingModule
-
-REPO = Path(__file__).resolve().parents[1]
-SMALL = str(REPO / "configs" / "ecapa_small.yaml")
-# Shrink the shipped small config further so each CLI test runs in seconds.
-TINY = [
-    "--model.init_args.channels=[32,32,32,32,96]", "--model.init_args.embedding_dim=32",
-    "--model.init_args.attention_channels=16", "--model.init_args.se_channels=16",
-    "--data.init_args.speakers_per_batch=4", "--data.init_args.crop_seconds=1.0",
-    "--data.init_args.num_workers=0", "--data.init_args.eval_max_seconds=1.5",
-]
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
     return prepare_toy(tmp_path_factory.mktemp("toy") / "toy.h5", speakers=12, utterances=8, seed=3, progress=False)
-
-
-def cli(*args: str) -> None:
-    # LightningCLI warns when sys.argv (here pytest's) and args are both given.
-    with mock.patch.object(sys, "argv", ["speakerzoo"]):
-        main(list(args))
 
 
 def test_help_lists_subcommands(capsys):

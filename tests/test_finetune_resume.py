@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 from pathlib import Path
-from unittest import mock
 
 import lightning as L
 import pytest
 import torch
 
-from speakerzoo.cli import main
+from cli_run import QUIET, SMALL, TINY, cli
 from speakerzoo.datamodules.toy import prepare_toy
 from speakerzoo.zoo import ECAPA, InvalidCheckpointError, SpeakerEmbeddingModule
-
-REPO = Path(__file__).resolve().parents[1]
-SMALL = str(REPO / "configs" / "ecapa_small.yaml")
-TINY = [
-    "--model.init_args.channels=[32,32,32,32,96]", "--model.init_args.embedding_dim=32",
-    "--model.init_args.attention_channels=16", "--model.init_args.se_channels=16",
-    "--data.init_args.speakers_per_batch=4", "--data.init_args.crop_seconds=1.0",
-    "--data.init_args.num_workers=0", "--data.init_args.eval_max_seconds=1.5",
-]
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
 class Recorder(L.Callback):
@@ -77,11 +65,6 @@ def assert_same(a, b, where="") -> None:
 
 def path_of(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def cli(*args: str) -> None:
-    with mock.patch.object(sys, "argv", ["speakerzoo"]):
-        main(list(args))
 
 
 class LogLines(logging.Handler):

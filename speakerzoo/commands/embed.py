@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import sys
@@ -70,6 +69,8 @@ from speakerzoo.datamodules.corpus import Corpus, CorpusError
 from speakerzoo.datamodules.prepare import wav_truncation  # the same truncation rule as prepare
 from speakerzoo.datamodules.sources import SourceError, manifest, scan_audio
 from speakerzoo.h5file import AtomicH5Writer
+from speakerzoo.zoo.registry import resolve as resolve_checkpoint
+from speakerzoo.zoo.registry import sha256_of
 
 __all__ = [
     "FORMAT",
@@ -584,14 +585,6 @@ def _load(item: Item, corpus: Corpus | None, sample_rate: int) -> np.ndarray:
     return load_audio(item.path, sample_rate)[0]
 
 
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def embed_items(
     model: torch.nn.Module,
     items: Sequence[Item],
@@ -788,11 +781,14 @@ def main(argv: list[str] | None = None) -> int:
             info = {"kind": "list", "path": str(source.resolve())}
         else:
             raise EmbeddingError(f"{source}: no such folder or file")
-        checkpoint = Path(args.checkpoint).expanduser()
-        model = _load_model(args.checkpoint, device)
+        # A path, or a registered name (its file's digest checked): the file is recorded either way.
+        given = Path(args.checkpoint).expanduser()
+        checkpoint = resolve_checkpoint(given if given.is_file() else args.checkpoint)
+        model = _load_model(str(checkpoint), device)
         attrs = {
-            "checkpoint": str(checkpoint.resolve()) if checkpoint.is_file() else args.checkpoint,
-            "checkpoint_sha256": sha256(checkpoint) if checkpoint.is_file() else "",
+            "checkpoint": str(checkpoint.resolve()),
+            "checkpoint_name": "" if given.is_file() else args.checkpoint,
+            "checkpoint_sha256": sha256_of(checkpoint),
             "source": info,
         }
         summary = embed_items(model, items, args.output, corpus=corpus, batch_size=args.batch_size,

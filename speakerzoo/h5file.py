@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 
 import h5py
+
+
+def created_timestamp() -> str:
+    """UTC time for a file's ``created`` attribute; ``SOURCE_DATE_EPOCH`` fixes it for reproducible files."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch
+            else datetime.datetime.now(datetime.timezone.utc))
+    return when.isoformat(timespec="seconds")
 
 
 class AtomicH5Writer:

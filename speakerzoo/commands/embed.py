@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import sys
@@ -68,7 +67,7 @@ from speakerzoo.datamodules.corpus import FORMAT as CORPUS_FORMAT
 from speakerzoo.datamodules.corpus import Corpus, CorpusError
 from speakerzoo.datamodules.prepare import wav_truncation  # the same truncation rule as prepare
 from speakerzoo.datamodules.sources import SourceError, manifest, scan_audio
-from speakerzoo.h5file import AtomicH5Writer
+from speakerzoo.h5file import AtomicH5Writer, created_timestamp
 from speakerzoo.zoo.registry import resolve as resolve_checkpoint
 from speakerzoo.zoo.registry import sha256_of
 
@@ -372,13 +371,6 @@ def _is_corpus(path: Path) -> bool:
 # --------------------------------------------------------------------------- the embeddings file
 
 
-def _created() -> str:
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    when = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch
-            else datetime.datetime.now(datetime.timezone.utc))
-    return when.isoformat(timespec="seconds")
-
-
 class EmbeddingWriter(AtomicH5Writer):
     """Writes one embeddings file; use as a context manager.
 
@@ -446,7 +438,7 @@ class EmbeddingWriter(AtomicH5Writer):
             "format": FORMAT,
             "schema_version": SCHEMA_VERSION,
             "embedding_dim": int(self._emb.shape[1]),
-            "created": _created(),
+            "created": created_timestamp(),
             "speakerzoo_version": __version__,
             "complete": True,
         })

@@ -27,7 +27,6 @@ message that says how to rebuild them.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 from pathlib import Path
@@ -41,7 +40,7 @@ from tqdm.auto import tqdm
 from speakerzoo import __version__
 from speakerzoo.datamodules import splits as splitting
 from speakerzoo.features import FeatureConfig, Frontend
-from speakerzoo.h5file import AtomicH5Writer
+from speakerzoo.h5file import AtomicH5Writer, created_timestamp
 
 FORMAT = "speakerzoo-corpus"
 SCHEMA_VERSION = 1
@@ -182,7 +181,7 @@ class CorpusWriter(AtomicH5Writer):
             "sample_rate": self.sample_rate,
             "speakers": json.dumps(self._speaker_names),
             "settings": json.dumps({**self.settings, "split_ratios": list(ratios), "split_seed": seed}, default=str),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": created_timestamp(),
             "speakerzoo_version": __version__,
             "complete": True,
         })

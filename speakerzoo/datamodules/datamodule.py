@@ -31,8 +31,10 @@ import lightning
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 from torch.utils.data import DataLoader
 
+from speakerzoo.augment import waveform_augment_from
 from speakerzoo.datamodules.corpus import Corpus, CorpusError
 from speakerzoo.datamodules.dataset import CropDataset, UtteranceDataset, collate_crops, collate_utterances
 from speakerzoo.datamodules.sampler import SpeakerBatchSampler, eligible_classes
@@ -92,6 +94,12 @@ class SpeakerDataModule(lightning.LightningDataModule):
         min_utterances_per_speaker: training speakers with fewer utterances are left out
             (a warning says how many); they are not classes.
         seed: seed of the training sampler (batches, crop lengths and positions).
+        augment: waveform augmentation of the training crops, on the fly in the loader workers
+            (:class:`~speakerzoo.augment.WaveformAugment`): ``null``/``false`` off, ``true`` the
+            defaults, or a dict of its arguments (``speeds``, ``noise_prob``, ``snr_db``,
+            ``volume_norm``, ``peak``). Noise is cut from the corpus's noise clips (speaker -1,
+            e.g. Speech Commands' ``_silence_`` recordings); without any, no noise is added.
+            Reproducible: every crop's augmentation follows from the sampler seed and epoch.
     """
 
     def __init__(
@@ -110,6 +118,7 @@ class SpeakerDataModule(lightning.LightningDataModule):
         features: str | None = None,
         min_utterances_per_speaker: int = 2,
         seed: int = 0,
+        augment: bool | dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -156,6 +165,14 @@ class SpeakerDataModule(lightning.LightningDataModule):
         self.train_items = train[mask]
         self.train_labels = class_of[original[mask]]
         self._class_speakers = keep  # corpus speaker id of every class
+        self._class_of_speaker = class_of
+        self.augment = waveform_augment_from(augment, self.corpus.sample_rate)
+        if self.augment is not None and features is not None:
+            raise ValueError("augment works on audio crops: set features: null to train with augmentation")
+        self.noise_items = np.flatnonzero(self.corpus.speaker < 0)
+        if self.augment is not None and self.augment.noise_prob > 0 and not len(self.noise_items):
+            warnings.warn(f"{self.corpus_path}: augment asks for noise but the corpus has no noise clips "
+                          "(speaker -1); training without added noise", stacklevel=2)
         self._trials_cache: dict[str, Trials] = {}
         self._described = False
 
@@ -183,6 +200,17 @@ class SpeakerDataModule(lightning.LightningDataModule):
     def feature_dim(self) -> int | None:
         """Dimension of the training features, ``None`` for raw audio."""
         return self.feature_config.dim if self.features else None
+
+    def classes(self, index: Tensor) -> Tensor:
+        """Training class of each corpus utterance ``index`` (``-1``: its speaker is no training class)."""
+        speaker = torch.as_tensor(self.corpus.speaker, device=index.device)[index.long()]
+        class_of = torch.as_tensor(self._class_of_speaker, device=index.device)
+        return torch.where(speaker >= 0, class_of[speaker.clamp(min=0)], torch.full_like(speaker, -1))
+
+    def speakers_of(self, index: Tensor) -> list[str]:
+        """Speaker name of each corpus utterance ``index`` (``""`` for noise clips)."""
+        names = self.corpus.speakers
+        return [names[s] if s >= 0 else "" for s in self.corpus.speaker[index.detach().cpu().long().numpy()]]
 
     # -- sizes in samples / frames ------------------------------------------------------------
     def crop_samples(self) -> tuple[int, int]:
@@ -266,7 +294,8 @@ class SpeakerDataModule(lightning.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._check_training()
-        dataset = CropDataset(self.corpus, self.train_items, self.train_labels, features=self.features)
+        dataset = CropDataset(self.corpus, self.train_items, self.train_labels, features=self.features,
+                              augment=self.augment, noise_items=self.noise_items)
         return LazyStartDataLoader(dataset, batch_sampler=self.train_sampler(), collate_fn=collate_crops,
                                    **self._loader_kwargs())
 
@@ -343,6 +372,8 @@ class SpeakerDataModule(lightning.LightningDataModule):
                      f"(speakers with < {self.min_utterances_per_speaker} left out), crops {crop}, "
                      f"{self.speakers_per_batch} speakers x {self.utterances_per_speaker} per batch, "
                      f"{per_epoch} batches per epoch per rank")
+        lines.append(f"  augmentation: {self.augment!r}, {len(self.noise_items)} noise clips" if self.augment is not None
+                     else "  augmentation: none")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

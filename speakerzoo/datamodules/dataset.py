@@ -20,7 +20,7 @@ of audio is normalised over the crop; the difference is small for mean normalisa
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,19 +38,28 @@ class CropDataset(Dataset):
         items: corpus utterance index of every training position.
         labels: class (``0..C-1``) of every training position.
         features: key of a cached feature (``corpus.feature_configs``) to crop instead of audio.
+        augment: waveform augmentation applied to every audio crop
+            (``augment(wave, rng, noise) -> wave``, e.g. :class:`~speakerzoo.augment.WaveformAugment`).
+        noise_items: corpus indices of the noise clips that ``augment`` mixes in (speaker -1).
 
     ``dataset[(pos, crop_len, seed)]`` returns ``(array, label)``: ``float32 [crop_len]`` audio
     or ``[crop_len, dim]`` features; utterances shorter than the crop are returned whole (the
-    collate function pads them and reports their true length).
+    collate function pads them and reports their true length). Augmentation draws from its
+    own generator seeded by ``(seed, 1)``, so it too is the same in any worker and on resume.
     """
 
-    def __init__(self, corpus: Corpus, items: np.ndarray, labels: np.ndarray, features: str | None = None):
+    def __init__(self, corpus: Corpus, items: np.ndarray, labels: np.ndarray, features: str | None = None,
+                 augment: Callable[..., np.ndarray] | None = None, noise_items: np.ndarray | None = None):
         self.corpus = corpus
         self.items = np.asarray(items, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         if self.items.shape != self.labels.shape:
             raise ValueError(f"items {self.items.shape} and labels {self.labels.shape} differ in shape")
         self.features = features
+        if augment is not None and features:
+            raise ValueError("waveform augmentation needs audio crops, not cached features (features: null)")
+        self.augment = augment
+        self.noise_items = np.zeros(0, np.int64) if noise_items is None else np.asarray(noise_items, np.int64)
         self.lengths = corpus.num_frames(features) if features else corpus.num_samples
 
     def __len__(self) -> int:
@@ -66,7 +75,20 @@ class CropDataset(Dataset):
             data = self.corpus.features(self.features, i, start, stop)
         else:
             data = self.corpus.audio(i, start, stop)
+            if self.augment is not None:
+                noise = self.noise if len(self.noise_items) else None
+                data = self.augment(data, np.random.default_rng([seed, 1]), noise)
         return data, int(self.labels[pos])
+
+    def noise(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` samples of a noise clip drawn by ``rng`` at a random offset (repeated when shorter)."""
+        i = int(self.noise_items[rng.integers(len(self.noise_items))])
+        total = int(self.corpus.num_samples[i])
+        if total >= n:
+            start = int(rng.integers(0, total - n + 1))
+            return self.corpus.audio(i, start, start + n)
+        clip = self.corpus.audio(i)
+        return np.resize(clip, n) if len(clip) else np.zeros(n, np.float32)
 
 
 class UtteranceDataset(Dataset):

@@ -31,7 +31,7 @@ from torchmetrics import MeanMetric
 
 from speakerzoo import __version__
 from speakerzoo.features import FeatureConfig, Frontend
-from speakerzoo.scoring import EqualErrorRate, MinDCF, Trials, score_trials, subset_trials
+from speakerzoo.scoring import EqualErrorRate, MinDCF, Trials, eer_threshold, score_trials, subset_trials
 from speakerzoo.zoo import registry as _registry
 
 Batch = dict[str, Tensor]
@@ -200,6 +200,15 @@ class SpeakerEmbeddingModule(L.LightningModule):
         )
         self._collected: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
         self._warned: set[str] = set()
+        #: Feature-level training augmentation ``(features, frame_lengths) -> features`` (e.g.
+        #: :class:`~speakerzoo.augment.SpectralAugment`), applied in :meth:`training_step` only.
+        self.spec_augment: nn.Module | None = None
+        #: What the last validation / test epoch scored, for callbacks (set at the end of the
+        #: epoch, identical on every rank): ``{"val": {"index", "embedding", "scores", "labels"}}``.
+        self.evaluated: dict[str, dict[str, Tensor]] = {}
+        #: Cosine threshold at the equal error rate of the last validation epoch; stored in
+        #: checkpoints and restored by :meth:`from_pretrained` (``speakerzoo verify``'s default).
+        self.eer_threshold: float | None = None
 
     # ------------------------------------------------------------------ model
 
@@ -231,6 +240,15 @@ class SpeakerEmbeddingModule(L.LightningModule):
                 "set num_speakers (linked from the DataModule by the CLI) to train it"
             )
         return self.head(embeddings, speakers)
+
+    def classify(self, embeddings: Tensor) -> Tensor | None:
+        """Closed-set logits ``[B, num_speakers]`` of the classification head (no margin), or
+        ``None`` for a model without a head. The default asks ``head.cosine`` (AAM-softmax heads)
+        and scales it by ``head.scale``; override it for other heads."""
+        head = self.head
+        if head is None or not hasattr(head, "cosine"):
+            return None
+        return getattr(head, "scale", 1.0) * head.cosine(embeddings)
 
     # ------------------------------------------------------------------ training
 
@@ -301,8 +319,12 @@ class SpeakerEmbeddingModule(L.LightningModule):
             rank = self.global_rank if self._trainer is not None else 0
             torch.manual_seed(_epoch_seed(self._train_seed, self.current_epoch, rank))
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        """Returns ``{"loss", "logits" [B, C] (detached, no margin), "targets" [B]}``: callbacks
+        (:mod:`speakerzoo.callbacks`) read the predictions in ``on_train_batch_end``."""
         features, frame_lengths = self.features(batch)
+        if self.spec_augment is not None:
+            features = self.spec_augment(features, frame_lengths)
         speakers = batch["speakers"]
         loss, logits = self.training_loss(self.encode(features, frame_lengths), speakers)
         batch_size = speakers.shape[0]
@@ -313,7 +335,7 @@ class SpeakerEmbeddingModule(L.LightningModule):
         if self._trainer is not None and self.trainer.optimizers:
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             self.log("train/lr", float(lr), on_step=True, on_epoch=False, batch_size=batch_size)
-        return loss
+        return {"loss": loss, "logits": logits.detach(), "targets": speakers}
 
     def configure_optimizers(self) -> Any:
         """AdamW, then per step: linear warm-up over ``warmup_epochs``, cosine decay to 0 at the
@@ -343,8 +365,9 @@ class SpeakerEmbeddingModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._collected["val"] = ([], [])
 
-    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._collect("val", batch)
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor] | None:
+        """Returns ``{"index" [B], "embedding" [B, D]}`` (detached) for callbacks."""
+        return self._collect("val", batch)
 
     def on_validation_epoch_end(self) -> None:
         self._score("val")
@@ -352,8 +375,8 @@ class SpeakerEmbeddingModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._collected["test"] = ([], [])
 
-    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._collect("test", batch)
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor] | None:
+        return self._collect("test", batch)
 
     def on_test_epoch_end(self) -> None:
         self._score("test")
@@ -383,14 +406,16 @@ class SpeakerEmbeddingModule(L.LightningModule):
             self._warned.add(key)
             rank_zero_warn(message)
 
-    def _collect(self, part: str, batch: Batch) -> None:
-        embeddings = self.embed_unpadded(batch)
+    def _collect(self, part: str, batch: Batch) -> dict[str, Tensor] | None:
+        embeddings = self.embed_unpadded(batch).detach().float()
         if "index" not in batch:
             self._warn_once(f"{part}-index", f"{part} batches carry no 'index'; no trials can be scored")
-            return
+            return None
         index, emb = self._collected.setdefault(part, ([], []))
-        index.append(batch["index"].detach().to(self.device).long())
-        emb.append(embeddings.detach().float())
+        batch_index = batch["index"].detach().to(self.device).long()
+        index.append(batch_index)
+        emb.append(embeddings)
+        return {"index": batch_index, "embedding": embeddings}
 
     def _gather(self, part: str) -> tuple[Tensor, Tensor]:
         """Embeddings of all processes: ``(index [K] sorted unique, emb [K, D])``, identical on every rank."""
@@ -423,6 +448,7 @@ class SpeakerEmbeddingModule(L.LightningModule):
 
     def _score(self, part: str) -> None:
         index, emb = self._gather(part)
+        self.evaluated.pop(part, None)
         trials = self._trials(part)
         if trials is None:
             self._warn_once(
@@ -455,6 +481,7 @@ class SpeakerEmbeddingModule(L.LightningModule):
                 for name in ("eer", "mindcf", "ident_acc"):
                     self.log(f"{part}/{name}", float("nan"), sync_dist=True)
             return
+        self._keep_evaluated(part, index, emb, usable, verify)
         shard = Trials(pairs=usable.pairs[rank::world], ident=usable.ident[rank::world])
         scores, shard_labels, hits = score_trials(index, emb, shard)
         metrics = self.trial_metrics[part]
@@ -472,6 +499,16 @@ class SpeakerEmbeddingModule(L.LightningModule):
         for name, value in values.items():
             # The values are already global (identical on every rank); sync_dist only averages equal numbers.
             self.log(f"{part}/{name}", value.float(), prog_bar=name == "eer", sync_dist=True)
+
+    def _keep_evaluated(self, part: str, index: Tensor, emb: Tensor, usable: Trials, verify: bool) -> None:
+        # Every rank scores every pair here (cheap: one dot product per pair) so that callbacks
+        # on any rank see all scores, and the EER threshold needs the whole list anyway.
+        empty = torch.zeros(0, dtype=torch.long, device=index.device)
+        scores, labels, _ = score_trials(index, emb, Trials(pairs=usable.pairs, ident=empty.view(0, 2)))
+        self.evaluated[part] = {"index": index, "embedding": emb, "scores": scores, "labels": labels}
+        sanity = self._trainer is not None and self.trainer.sanity_checking
+        if part == "val" and verify and not sanity:
+            self.eer_threshold = float(eer_threshold(scores, labels))
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -492,6 +529,7 @@ class SpeakerEmbeddingModule(L.LightningModule):
             "speaker_names": list(self.speaker_names) if self.speaker_names is not None else None,
             "embedding_dim": int(getattr(self, "embedding_dim", 0)),
             "train_seed": self._train_seed,
+            "eer_threshold": self.eer_threshold,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -502,6 +540,8 @@ class SpeakerEmbeddingModule(L.LightningModule):
         meta = checkpoint.get("speakerzoo")
         if isinstance(meta, Mapping) and meta.get("train_seed") is not None:
             self._train_seed = int(meta["train_seed"])
+        if isinstance(meta, Mapping) and meta.get("eer_threshold") is not None:
+            self.eer_threshold = float(meta["eer_threshold"])
         if self.init_from and (self.init_report is not None or self._init_from_error is not None):
             rank_zero_info(
                 f"{type(self).__name__}: resuming from a checkpoint; its weights replace those of "
@@ -581,6 +621,8 @@ class SpeakerEmbeddingModule(L.LightningModule):
         if report.dropped:
             warnings.warn(f"{path}: classifier weights not loaded: " + "; ".join(report.dropped), UserWarning,
                           stacklevel=2)
+        if meta.get("eer_threshold") is not None:
+            model.eer_threshold = float(meta["eer_threshold"])
         return model.eval()
 
     def init_weights_from(

@@ -6,6 +6,7 @@ Never imports ``speakerzoo.datamodules``; DataModules and models are linked by t
 from speakerzoo.zoo.base import InvalidCheckpointError, LoadReport, SpeakerEmbeddingModule
 from speakerzoo.zoo.ecapa import ECAPA
 from speakerzoo.zoo.heads import AAMSoftmax
+from speakerzoo.zoo.se_cnn_bigru import SECNNBiGRU
 from speakerzoo.zoo.registry import (
     ChecksumError,
     RegistryEntry,
@@ -23,6 +24,7 @@ __all__ = [
     "LoadReport",
     "RegistryEntry",
     "RegistryError",
+    "SECNNBiGRU",
     "SpeakerEmbeddingModule",
     "UnknownCheckpointError",
     "load_registry",

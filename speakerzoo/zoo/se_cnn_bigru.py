@@ -1,0 +1,253 @@
+"""SE-CNN-BiGRU (seed 002): SE-gated CNN blocks, a bidirectional GRU, attentive statistics pooling, AAM softmax.
+
+The spec is ``shared/seeds/002_…`` §3: three CNN blocks 1 -> 32 -> 64 -> 128 (3x3 convolution,
+BatchNorm, ReLU, squeeze-excitation, MaxPool(1, 2) over frequency only, so every frame is kept),
+a 2-layer BiGRU of 256 units with dropout 0.2 between the layers, attentive statistics pooling,
+and a 1024 -> 256 -> 256 embedding projection (BN, ReLU), L2-normalised, trained with AAM
+softmax (s = 30, m = 0.25, Xavier-initialised class weights). Monte-Carlo dropout (§5, p = 0.3)
+sits after the CNN and on the pooled statistics; :mod:`speakerzoo.zoo.uncertainty` switches it on
+at inference.
+
+**Padding never changes an embedding** (in eval mode): padded frames are zeroed after every
+convolution block, so a frame near the end of an utterance sees exactly the zeros that the
+convolution's own padding would give it alone; squeeze-excitation and the pooling average over
+valid frames only; the GRU runs on packed sequences. A batch of utterances of different lengths
+therefore embeds each one as it would be embedded alone (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from speakerzoo.augment import spectral_augment_from
+from speakerzoo.zoo.base import SpeakerEmbeddingModule
+from speakerzoo.zoo.heads import AAMSoftmax
+
+
+def time_mask(frame_lengths: Tensor, frames: int) -> Tensor:
+    """``[B, frames]`` bool: True at the valid frames of each row."""
+    return torch.arange(frames, device=frame_lengths.device)[None, :] < frame_lengths[:, None]
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation (§3.2.2): ``x * sigmoid(FC2(ReLU(FC1(GAP(x)))))``, GAP over valid frames only.
+
+    Arguments:
+        channels: feature-map channels.
+        reduction: bottleneck ratio of FC1 (at least 4 hidden units).
+
+    ``forward(x [B, C, T, F], mask [B, T] bool)``.
+
+    Example::
+
+        >>> se = SEBlock(16)
+        >>> x = torch.randn(2, 16, 10, 8)
+        >>> se(x, torch.ones(2, 10, dtype=torch.bool)).shape
+        torch.Size([2, 16, 10, 8])
+    """
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        hidden = max(4, channels // reduction)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        m = mask[:, None, :, None].to(x.dtype)  # [B, 1, T, 1]
+        count = (m.sum(dim=(2, 3)) * x.shape[-1]).clamp(min=1.0)  # valid cells per row
+        squeezed = (x * m).sum(dim=(2, 3)) / count  # [B, C]
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(squeezed))))
+        return x * gate[:, :, None, None]
+
+
+class ConvBlock(nn.Module):
+    """Conv2d 3x3 (padding 1) -> BatchNorm -> ReLU -> SE -> MaxPool(1, 2) (§3.2.1); padded frames zeroed."""
+
+    def __init__(self, in_channels: int, out_channels: int, se_reduction: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.se = SEBlock(out_channels, se_reduction)
+        self.pool = nn.MaxPool2d(kernel_size=(1, 2))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = F.relu(self.bn(self.conv(x)))
+        x = x * mask[:, None, :, None].to(x.dtype)  # BN's shift made the padding non-zero
+        return self.pool(self.se(x, mask))
+
+
+class AttentiveStatsPooling(nn.Module):
+    """Attentive statistics pooling over valid frames (§3.2.4).
+
+    ``alpha_t = tanh(W h_t + b)`` per channel, ``w = softmax_t(alpha)`` over the valid frames,
+    ``mu = sum_t w_t * h_t``, ``sigma = sqrt(sum_t w_t * (h_t - mu)^2)``; returns ``[mu; sigma]``.
+    The seed writes the weighting as an element-wise product, so the attention is per channel
+    (``W`` is ``dim x dim``), as in ECAPA-TDNN's channel-dependent pooling.
+
+    Example::
+
+        >>> pool = AttentiveStatsPooling(6)
+        >>> h = torch.randn(2, 5, 6)
+        >>> pool(h, torch.tensor([5, 3])).shape
+        torch.Size([2, 12])
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.attention = nn.Linear(dim, dim)
+        self.eps = eps
+
+    def forward(self, h: Tensor, frame_lengths: Tensor) -> Tensor:
+        mask = time_mask(frame_lengths, h.shape[1])[:, :, None]  # [B, T, 1]
+        # Softmax and moments in float32: under fp16 autocast exp/variance lose too much.
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h = h.float()
+            alpha = torch.tanh(self.attention(h)).masked_fill(~mask, float("-inf"))
+            w = torch.softmax(alpha, dim=1)
+            mu = (w * h).sum(dim=1)
+            var = (w * (h - mu[:, None, :]) ** 2).sum(dim=1)
+            return torch.cat([mu, torch.sqrt(var.clamp(min=self.eps))], dim=-1)
+
+
+class SECNNBiGRUEncoder(nn.Module):
+    """The backbone: features ``[B, frames, n_mels]`` -> L2-normalised embeddings ``[B, embedding_dim]``.
+
+    Arguments:
+        n_mels: input frequency bins (must divide by ``2 ** len(channels)``).
+        channels: output channels of the CNN blocks.
+        hidden: GRU units per direction.
+        gru_layers, gru_dropout: stacked BiGRU layers and the dropout between them.
+        mc_dropout: dropout after the CNN and on the pooled statistics (the Monte-Carlo dropout).
+        projection_dim, embedding_dim: sizes of FC1 and FC2.
+        se_reduction: squeeze-excitation bottleneck ratio.
+    """
+
+    def __init__(self, n_mels: int = 64, channels: tuple[int, ...] = (32, 64, 128), hidden: int = 256,
+                 gru_layers: int = 2, gru_dropout: float = 0.2, mc_dropout: float = 0.3,
+                 projection_dim: int = 256, embedding_dim: int = 256, se_reduction: int = 8):
+        super().__init__()
+        if n_mels % (2 ** len(channels)):
+            raise ValueError(f"n_mels={n_mels} must divide by 2**{len(channels)} (one MaxPool(1, 2) per CNN block)")
+        sizes = (1, *channels)
+        self.blocks = nn.ModuleList(ConvBlock(a, b, se_reduction) for a, b in zip(sizes, sizes[1:]))
+        self.cnn_dropout = nn.Dropout(mc_dropout)
+        rnn_input = channels[-1] * (n_mels // 2 ** len(channels))
+        self.gru = nn.GRU(rnn_input, hidden, num_layers=gru_layers, batch_first=True, bidirectional=True,
+                          dropout=gru_dropout if gru_layers > 1 else 0.0)
+        self.pooling = AttentiveStatsPooling(2 * hidden)
+        self.stats_dropout = nn.Dropout(mc_dropout)
+        self.fc1 = nn.Linear(4 * hidden, projection_dim)
+        self.bn = nn.BatchNorm1d(projection_dim)
+        self.fc2 = nn.Linear(projection_dim, embedding_dim)
+
+    def forward(self, features: Tensor, frame_lengths: Tensor) -> Tensor:
+        batch, frames, _ = features.shape
+        frame_lengths = frame_lengths.to(features.device).long().clamp(min=1, max=frames)
+        mask = time_mask(frame_lengths, frames)
+        x = features.unsqueeze(1) * mask[:, None, :, None].to(features.dtype)
+        for block in self.blocks:
+            x = block(x, mask)
+        x = x.permute(0, 2, 1, 3).reshape(batch, frames, -1)  # [B, T, C * F']
+        x = self.cnn_dropout(x)
+        packed = pack_padded_sequence(x, frame_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        h, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=frames)
+        stats = self.stats_dropout(self.pooling(h, frame_lengths))
+        z = self.fc2(F.relu(self.bn(self.fc1(stats))))
+        return F.normalize(z, dim=-1)
+
+
+class SECNNBiGRU(SpeakerEmbeddingModule):
+    """SE-CNN-BiGRU speaker embeddings with attentive statistics pooling and AAM softmax (seed 002).
+
+    Arguments:
+        num_speakers, sample_rate, frontend, speaker_names, lr, weight_decay, warmup_epochs,
+        init_from: see :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule`. The seed's input is
+            ``logmel64`` (64 log-mel bands, 50-8000 Hz, -80 dB floor; §2.2).
+        channels, hidden, gru_layers, gru_dropout, mc_dropout, projection_dim, embedding_dim,
+        se_reduction: see :class:`SECNNBiGRUEncoder` (defaults: the seed's sizes).
+        margin, scale: AAM softmax (§3.3: m = 0.25 rad, s = 30).
+        spec_augment: feature-level training augmentation (§2.3: SpecAugment masks and VTLP),
+            :class:`~speakerzoo.augment.SpectralAugment` arguments as a dict, ``true`` for its
+            defaults, ``null`` off. Waveform augmentation (speed, noise, volume) is the DataModule's
+            ``augment``.
+        t_max_epochs: the seed's CosineAnnealingLR period in epochs (§4.1: 50); ``null`` uses the
+            base class's schedule (cosine to zero at the end of training).
+
+    The seed's optimiser is AdamW (lr 1e-3, weight decay 1e-4) with the learning rate annealed by
+    a cosine over ``t_max_epochs`` epochs (stepped per batch, so it is smooth).
+
+    Example::
+
+        >>> model = SECNNBiGRU(num_speakers=3, channels=[4, 8, 16], hidden=16, projection_dim=16,
+        ...                    embedding_dim=8)
+        >>> emb = model.eval().embed(torch.randn(2, 16000), torch.tensor([16000, 9000]))
+        >>> emb.shape, bool(torch.allclose(emb.norm(dim=-1), torch.ones(2)))
+        (torch.Size([2, 8]), True)
+    """
+
+    def __init__(
+        self,
+        num_speakers: int = 0,
+        sample_rate: int = 16000,
+        frontend: str | dict = "logmel64",
+        speaker_names: list[str] | None = None,
+        channels: list[int] = (32, 64, 128),
+        hidden: int = 256,
+        gru_layers: int = 2,
+        gru_dropout: float = 0.2,
+        mc_dropout: float = 0.3,
+        projection_dim: int = 256,
+        embedding_dim: int = 256,
+        se_reduction: int = 8,
+        margin: float = 0.25,
+        scale: float = 30.0,
+        spec_augment: bool | dict | None = None,
+        t_max_epochs: float | None = 50,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 0.0,
+        init_from: str | None = None,
+    ):
+        super().__init__(num_speakers=num_speakers, sample_rate=sample_rate, frontend=frontend,
+                         speaker_names=speaker_names, lr=lr, weight_decay=weight_decay,
+                         warmup_epochs=warmup_epochs, init_from=init_from)
+        self.save_hyperparameters()
+        if self.frontend.dim is None:
+            raise ValueError("SECNNBiGRU needs a spectral frontend (logmel64 in the seed), not raw waveforms")
+        self.embedding_dim = int(embedding_dim)
+        self.t_max_epochs = t_max_epochs
+        self.encoder = SECNNBiGRUEncoder(
+            n_mels=self.frontend.dim, channels=tuple(channels), hidden=hidden, gru_layers=gru_layers,
+            gru_dropout=gru_dropout, mc_dropout=mc_dropout, projection_dim=projection_dim,
+            embedding_dim=self.embedding_dim, se_reduction=se_reduction)
+        self.head = AAMSoftmax(self.embedding_dim, self.num_speakers, margin, scale) if self.num_speakers else None
+        self.spec_augment = spectral_augment_from(spec_augment)
+
+    def encode(self, features: Tensor, frame_lengths: Tensor) -> Tensor:
+        return self.encoder(features, frame_lengths)
+
+    def configure_optimizers(self):
+        """AdamW and the seed's ``CosineAnnealingLR`` (``T_max = t_max_epochs`` epochs, eta_min 0),
+        stepped per batch, after an optional linear warm-up; past ``T_max`` it rises again as
+        torch's does (the seed: "may restart if training continues")."""
+        total = self.trainer.estimated_stepping_batches
+        max_epochs = self.trainer.max_epochs
+        if self.t_max_epochs is None or not math.isfinite(total) or not max_epochs or max_epochs <= 0:
+            return super().configure_optimizers()
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        per_epoch = total / max_epochs
+        t_max = max(1, int(round(self.t_max_epochs * per_epoch)))
+        warmup = int(round((self.warmup_epochs or 0) * per_epoch))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / t_max))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -29,7 +29,8 @@ from speakerzoo.zoo.base import SpeakerEmbeddingModule
 DESCRIPTION = """speakerzoo: train, evaluate and use speaker recognition models.
 
 Subcommands: prepare (audio -> corpus file), embed (audio -> embeddings file),
-score (trials -> EER, minDCF, DET curve), export (TorchScript / ONNX),
+score (trials -> EER, minDCF, DET curve), verify (same speaker or not),
+identify (who of the enrolled speakers), export (TorchScript / ONNX),
 checkpoints (the registry): each has its own --help. fit, validate, test, predict
 are LightningCLI (`speakerzoo fit --help`).
 Start with: speakerzoo prepare toy --output data/toy.h5 && speakerzoo fit -c configs/ecapa_small.yaml
@@ -89,6 +90,8 @@ COMMANDS = {
     "score": "speakerzoo.commands.score",
     "export": "speakerzoo.commands.export",
     "checkpoints": "speakerzoo.commands.checkpoints",
+    "verify": "speakerzoo.commands.verify",
+    "identify": "speakerzoo.commands.identify",
 }
 
 

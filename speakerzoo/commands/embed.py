@@ -567,7 +567,8 @@ def _crop(wave: np.ndarray, max_samples: int | None) -> np.ndarray:
     return wave
 
 
-def _load(item: Item, corpus: Corpus | None, sample_rate: int) -> np.ndarray:
+def load_item(item: Item, corpus: Corpus | None, sample_rate: int) -> np.ndarray:
+    """The audio of ``item`` at ``sample_rate``: from the corpus, or its file (conditioned, truncation checked)."""
     if item.corpus_index >= 0:
         assert corpus is not None
         return corpus.audio(item.corpus_index)
@@ -628,7 +629,7 @@ def embed_items(
 
             for item in items:
                 try:
-                    wave = _crop(_load(item, corpus, sample_rate), max_samples)
+                    wave = _crop(load_item(item, corpus, sample_rate), max_samples)
                 except AudioError as err:
                     skipped.append((item.path, err.reason))
                     bar.update(1)
@@ -723,7 +724,7 @@ def _error(message: str) -> int:
     return 2
 
 
-def _device(name: str) -> torch.device:
+def device_from_name(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -732,7 +733,7 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _load_model(checkpoint: str, device: torch.device):
+def load_model(checkpoint: str, device: torch.device):
     from speakerzoo.zoo.base import SpeakerEmbeddingModule
 
     model = SpeakerEmbeddingModule.from_pretrained(checkpoint, map_location="cpu")
@@ -750,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
 
     corpus = None
     try:
-        device = _device(args.device)
+        device = device_from_name(args.device)
         source = args.input.expanduser()
         skipped: list[tuple[str, str]] = []
         if _is_corpus(source):
@@ -776,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
         # A path, or a registered name (its file's digest checked): the file is recorded either way.
         given = Path(args.checkpoint).expanduser()
         checkpoint = resolve_checkpoint(given if given.is_file() else args.checkpoint)
-        model = _load_model(str(checkpoint), device)
+        model = load_model(str(checkpoint), device)
         attrs = {
             "checkpoint": str(checkpoint.resolve()),
             "checkpoint_name": "" if given.is_file() else args.checkpoint,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import sys
 from collections.abc import Iterator, Sequence
@@ -43,13 +44,14 @@ from speakerzoo.commands.embed import (
     EmbeddingFile,
     Item,
     device_from_name,
+    embed_waveforms,
     load_item,
     load_model as load_checkpoint_model,
-    embed_waveforms,
     items_from_folder,
     min_samples,
 )
 from speakerzoo.datamodules.sources import SourceError
+from speakerzoo.zoo.registry import RegistryError
 from speakerzoo.zoo.registry import resolve as resolve_checkpoint
 from speakerzoo.zoo.registry import sha256_of
 from speakerzoo.zoo.uncertainty import (
@@ -426,3 +428,24 @@ def segments_note(count: int, seconds: float | None) -> str:
 def format_score(score: float, std: float, mc: bool, digits: int = 4) -> str:
     """``0.8123`` or ``0.8123 ± 0.0101`` (with MC dropout)."""
     return f"{score:.{digits}f}" + (f" ± {std:.{digits}f}" if mc else "")
+
+
+def run_command(name: str, argv: list[str] | None, build_parser, run, text) -> int:
+    """The ``main`` of ``speakerzoo verify`` and ``identify``: parse, ``run(args) -> result``, print
+    ``text(result)`` or JSON; returns the exit code (0 done, 2 error with the message on stderr,
+    130 interrupted)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0) if not isinstance(stop.code, str) else 2
+    try:
+        result = run(args)
+    except KeyboardInterrupt:
+        print(f"speakerzoo {name}: interrupted", file=sys.stderr)
+        return 130
+    except (EnrolError, EmbeddingError, SourceError, RegistryError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"speakerzoo {name}: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else text(result))
+    return 0

@@ -18,14 +18,13 @@ of the test file (seed 002 §5); candidates are ranked by the mean.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 from typing import Any
 
 from speakerzoo.argtypes import positive_int
-from speakerzoo.commands.embed import EmbeddingError
 from speakerzoo.commands.enrol import (
+    run_command,
     Embedder,
     EnrolError,
     add_enrol_arguments,
@@ -40,8 +39,6 @@ from speakerzoo.commands.enrol import (
     seeded,
     segments_note,
 )
-from speakerzoo.datamodules.sources import SourceError
-from speakerzoo.zoo.registry import RegistryError
 from speakerzoo.zoo.uncertainty import head_probabilities, rank
 
 __all__ = ["build_parser", "main", "run"]
@@ -80,10 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_inference_arguments(parser)
     return parser
 
-
-def _error(message: str) -> int:
-    print(f"speakerzoo identify: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _training_speakers(model: Any) -> list[str]:
@@ -181,20 +174,7 @@ def _text(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``speakerzoo identify ...``; returns the exit code (0 done, 2 error, 130 interrupted)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:
-        return int(stop.code or 0) if not isinstance(stop.code, str) else 2
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print("speakerzoo identify: interrupted", file=sys.stderr)
-        return 130
-    except (EnrolError, EmbeddingError, SourceError, RegistryError, FileNotFoundError, ValueError, OSError) as err:
-        return _error(str(err))
-    print(json.dumps(result, indent=2) if args.json else _text(result))
-    return 0
+    return run_command("identify", argv, build_parser, run, _text)
 
 
 if __name__ == "__main__":

@@ -165,3 +165,19 @@ def test_last_checkpoint_follows_the_run_when_eer_does_not_improve(toy, tmp_path
         "--trainer.max_epochs=3", "--trainer.limit_train_batches=2", f"--trainer.logger.init_args.save_dir={root}")
     assert torch.load(next(root.rglob("best-*.ckpt")), weights_only=True)["global_step"] == 2
     assert torch.load(next(root.rglob("last.ckpt")), weights_only=True)["global_step"] == 6
+
+
+def test_tensorboard_preset_writes_figures_for_any_model(toy, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cli("fit", "-c", SMALL, "-c", str(REPO / "configs" / "trainer" / "tensorboard.yaml"), *TINY,
+        f"--data.init_args.corpus={toy}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+        f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+        "--trainer.num_sanity_val_steps=0")
+    events = sorted(tmp_path.rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0, "histograms": 0})
+    acc.Reload()
+    assert {"val/det_curve", "train/confusion_matrix"} <= set(acc.Tags()["images"])
+    assert "train/macro_f1" in acc.Tags()["scalars"] and acc.Tags()["histograms"]
+    assert list(tmp_path.rglob("projector_config.pbtxt"))

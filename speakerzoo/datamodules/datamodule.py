@@ -203,9 +203,9 @@ class SpeakerDataModule(lightning.LightningDataModule):
 
     def classes(self, index: Tensor) -> Tensor:
         """Training class of each corpus utterance ``index`` (``-1``: its speaker is no training class)."""
-        speaker = torch.as_tensor(self.corpus.speaker, device=index.device)[index.long()]
-        class_of = torch.as_tensor(self._class_of_speaker, device=index.device)
-        return torch.where(speaker >= 0, class_of[speaker.clamp(min=0)], torch.full_like(speaker, -1))
+        speaker = self.corpus.speaker[index.detach().cpu().long().numpy()]
+        classes = np.where(speaker >= 0, self._class_of_speaker[np.maximum(speaker, 0)], -1)
+        return torch.from_numpy(classes).to(index.device)
 
     def speakers_of(self, index: Tensor) -> list[str]:
         """Speaker name of each corpus utterance ``index`` (``""`` for noise clips)."""

@@ -25,28 +25,19 @@ import torch
 from torch import Tensor
 
 from speakerzoo.callbacks.common import TensorBoardCallback, render
+from speakerzoo import plots
+from speakerzoo.plots import Mark
 from speakerzoo.scoring import det_plot_data
 
 __all__ = ["VerificationPlots", "det_figure"]
 
-_TICKS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
-
-
-def _probit(p: float) -> float:
-    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
-
-
 def det_figure(scores: Tensor, labels: Tensor, title: str = "") -> tuple[Any, float]:
     """``(figure, eer)``: a :class:`matplotlib.figure.Figure` of the DET curve of ``scores``
     (``[N]``, higher = same speaker) and ``labels`` (``[N]``, 1 target, 0 non-target; both kinds
-    needed), with the EER operating point marked, and the EER as a fraction.
-
-    Axes are false-accept and miss rates on normal-deviate (probit) scales, from half the
-    smallest non-zero rate (at least 0.01 %, at most 1 %) to 90 %. Never registered with
-    ``pyplot``; draw it with :func:`~speakerzoo.callbacks.common.render`.
+    needed), drawn by :func:`speakerzoo.plots.det_figure` with the EER operating point marked,
+    and the EER as a fraction. Never registered with ``pyplot``; draw it with
+    :func:`~speakerzoo.callbacks.common.render`.
     """
-    from matplotlib.figure import Figure
-
     scores = torch.as_tensor(scores).detach().cpu()
     labels = torch.as_tensor(labels).detach().cpu()
     x, y = det_plot_data(scores, labels)
@@ -55,36 +46,11 @@ def det_figure(scores: Tensor, labels: Tensor, title: str = "") -> tuple[Any, fl
     worst = torch.maximum(x, y)
     i = int(torch.argmin(worst))
     eer = float(torch.special.ndtr(worst[i]))
-    px, py = float(x[i]), float(y[i])
-
-    n = min(int((labels == 1).sum()), int((labels == 0).sum()))
-    low = min(max(0.5 / n, 1e-4), 0.01)
-    lim = (_probit(low), _probit(0.9))
-    x, y = x.clamp(*lim).numpy(), y.clamp(*lim).numpy()
-
-    fig = Figure(figsize=(5.5, 5.5), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot(x, y, color="tab:blue", lw=1.6, label="DET")
-    ax.plot(lim, lim, color="0.6", lw=0.8, ls="--", label="P_fa = P_miss")
-    px, py = min(max(px, lim[0]), lim[1]), min(max(py, lim[0]), lim[1])
-    ax.plot([px], [py], marker="o", color="tab:red", ls="none", ms=7, label=f"EER {100 * eer:.2f} %")
-    ax.annotate(f"EER {100 * eer:.2f} %", (px, py), xytext=(8, 8), textcoords="offset points", fontsize=9,
-                color="tab:red")
-    ticks = [t for t in _TICKS if low <= t <= 0.9]
-    names = [f"{100 * t:g}" for t in ticks]
-    ax.set_xticks([_probit(t) for t in ticks], names, fontsize=7)
-    ax.set_yticks([_probit(t) for t in ticks], names, fontsize=7)
-    ax.set_xlim(*lim)
-    ax.set_ylim(*lim)
-    ax.set_xlabel("False accept rate (%)")
-    ax.set_ylabel("Miss rate (%)")
-    ax.grid(True, color="0.85", lw=0.6)
-    ax.set_aspect("equal")
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    p_fa, p_miss = float(torch.special.ndtr(x[i])), float(torch.special.ndtr(y[i]))
     targets = int((labels == 1).sum())
     heading = f"{title}\n" if title else ""
-    ax.set_title(f"{heading}{labels.numel():,} trials ({targets:,} target)", fontsize=9)
-    fig.tight_layout()
+    mark = Mark(p_fa, p_miss, "o", "tab:red", f"EER {100 * eer:.2f} %", annotate=True)
+    fig = plots.det_figure(scores, labels, [mark], title=f"{heading}{labels.numel():,} trials ({targets:,} target)")
     return fig, eer
 
 

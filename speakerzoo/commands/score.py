@@ -34,13 +34,13 @@ from torch import Tensor
 
 from speakerzoo.argtypes import number_at_least, positive_float
 from speakerzoo.commands.embed import EmbeddingError, EmbeddingFile
+from speakerzoo.plots import Mark, det_figure
 from speakerzoo.scoring import (
     OperatingPoint,
     as_norm,
     cohort_stats,
     cosine_scores,
     det_curve,
-    det_plot_data,
     eer,
     eer_threshold,
     identification_hits_from_scores,
@@ -245,13 +245,6 @@ def evaluate(scores: Tensor, labels: Tensor, ident_hits: Tensor | None = None, p
 
 # --------------------------------------------------------------------------- DET image
 
-_DET_TICKS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
-
-
-def _probit(p: float) -> float:
-    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
-
-
 def _rates_at(scores: Tensor, labels: Tensor, threshold: float | None) -> tuple[float, float]:
     p_fa, p_miss, thr = det_curve(scores, labels)
     t = math.inf if threshold is None else threshold
@@ -260,50 +253,18 @@ def _rates_at(scores: Tensor, labels: Tensor, threshold: float | None) -> tuple[
 
 
 def draw_det(path: str | Path, scores: Tensor, labels: Tensor, result: dict[str, Any], title: str = "") -> Path:
-    """A DET curve on normal-deviate axes (PNG, or any format matplotlib writes by extension),
-    with the EER, minDCF and fixed-FAR operating points marked. Uses matplotlib's Agg canvas
-    directly, so no GUI backend is touched."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    x, y = det_plot_data(scores, labels)
-    n = min(int((labels == 1).sum()), int((labels == 0).sum()))
-    low = min(max(0.5 / n, 1e-4), 0.01)  # half the smallest non-zero rate, within [0.01 %, 1 %]
-    lim = (_probit(low), _probit(0.9))
-    x, y = x.clamp(*lim).numpy(), y.clamp(*lim).numpy()
-
-    fig = Figure(figsize=(5.5, 5.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot(x, y, color="tab:blue", lw=1.6, label="DET")
-    ax.plot(lim, lim, color="0.6", lw=0.8, ls="--", label="P_fa = P_miss")
+    """A DET curve (:func:`speakerzoo.plots.det_figure`; PNG, or any format matplotlib writes by
+    extension) with the EER, minDCF and fixed-FAR operating points marked."""
     marks = [
-        ("EER", result["eer_threshold"], "o", "tab:red", f"EER {100 * result['eer']:.2f} %"),
-        ("minDCF", result["min_dcf_threshold"], "s", "tab:green",
+        (result["eer_threshold"], "o", "tab:red", f"EER {100 * result['eer']:.2f} %"),
+        (result["min_dcf_threshold"], "s", "tab:green",
          f"minDCF {result['min_dcf']:.3f} (p={result['dcf_parameters']['p_target']:g})"),
-        ("FAR", result["at_far"]["threshold"], "^", "tab:purple",
+        (result["at_far"]["threshold"], "^", "tab:purple",
          f"FAR ≤ {100 * result['at_far']['far_asked']:g} %: miss {100 * result['at_far']['miss']:.1f} %"),
     ]
-    for _, threshold, marker, color, text in marks:
-        p_fa, p_miss = _rates_at(scores, labels, threshold)
-        px = min(max(_probit(p_fa), lim[0]), lim[1])
-        py = min(max(_probit(p_miss), lim[0]), lim[1])
-        ax.plot([px], [py], marker=marker, color=color, ls="none", ms=7, label=text)
-    ticks = [t for t in _DET_TICKS if low <= t <= 0.9]
-    labels_pct = [f"{100 * t:g}" for t in ticks]
-    ax.set_xticks([_probit(t) for t in ticks], labels_pct, fontsize=7)
-    ax.set_yticks([_probit(t) for t in ticks], labels_pct, fontsize=7)
-    ax.set_xlim(*lim)
-    ax.set_ylim(*lim)
-    ax.set_xlabel("False accept rate (%)")
-    ax.set_ylabel("Miss rate (%)")
-    ax.grid(True, color="0.85", lw=0.6)
-    ax.set_aspect("equal")
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig = det_figure(scores, labels, [Mark(*_rates_at(scores, labels, t), m, c, text) for t, m, c, text in marks],
+                     title=title, dpi=120)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path

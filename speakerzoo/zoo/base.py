@@ -111,7 +111,9 @@ class SpeakerEmbeddingModule(L.LightningModule):
                 return ...  # [B, embedding_dim]
 
     Override :meth:`training_loss` for losses other than ``self.head(emb, speakers)`` and
-    :meth:`configure_optimizers` for other optimisers.
+    :meth:`configure_optimizers` for other optimisers. Set ``self.spec_augment`` (e.g.
+    ``speakerzoo.augment.spectral_augment_from(spec_augment)`` from an init argument) for
+    SpecAugment / VTLP on the features of training steps.
 
     **Batches** are dicts. Training: ``waveforms [B, T] float``, ``lengths [B] int64``
     (samples), ``speakers [B] int64``; a DataModule with cached features may give

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from torch import Tensor
 
+from speakerzoo.augment import spectral_augment_from
 from speakerzoo.zoo.base import SpeakerEmbeddingModule
 from speakerzoo.zoo.heads import AAMSoftmax
 
@@ -32,6 +33,9 @@ class ECAPA(SpeakerEmbeddingModule):
         global_context: give the attentive pooling the utterance mean and std.
         dropout: dropout in the TDNN blocks.
         margin, scale: of the :class:`~speakerzoo.zoo.heads.AAMSoftmax` head.
+        spec_augment: feature-level training augmentation (SpecAugment masks, VTLP):
+            :class:`~speakerzoo.augment.SpectralAugment` arguments, ``true`` for its defaults,
+            ``null`` off.
 
     Example::
 
@@ -64,6 +68,7 @@ class ECAPA(SpeakerEmbeddingModule):
         dropout: float = 0.0,
         margin: float = 0.2,
         scale: float = 30.0,
+        spec_augment: bool | dict | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         warmup_epochs: float = 0.0,
@@ -97,6 +102,7 @@ class ECAPA(SpeakerEmbeddingModule):
             dropout=dropout,
         )
         self.head = AAMSoftmax(self.embedding_dim, self.num_speakers, margin, scale) if self.num_speakers else None
+        self.spec_augment = spectral_augment_from(spec_augment)
 
     def encode(self, features: Tensor, frame_lengths: Tensor) -> Tensor:
         frames = features.shape[1]

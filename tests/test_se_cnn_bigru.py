@@ -155,3 +155,20 @@ def test_shipped_config_trains_through_the_cli(speech_commands_corpus, tmp_path)
         "--data.init_args.speakers_per_batch=8", "--data.init_args.num_workers=0",
         "--data.init_args.eval_batch_size=64", "--trainer.accelerator=cpu",
         "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}", *QUIET)
+
+
+def test_mc_dropout_samples_the_two_seed_dropouts_only(speech_commands_root):
+    from speakerzoo.zoo.uncertainty import dropout_layers, mc_dropout, mc_embed
+
+    torch.manual_seed(0)
+    model = SECNNBiGRU(num_speakers=3, **SMALL).eval()
+    assert [m.p for m in dropout_layers(model)] == [0.3, 0.3]  # after the CNN, on the statistics
+    wave = _speech(speech_commands_root, 1)[0][None]
+    with mc_dropout(model):
+        assert model.encoder.cnn_dropout.training and model.encoder.stats_dropout.training
+        assert not model.encoder.gru.training and not model.encoder.bn.training  # GRU dropout, BN: eval
+    assert not model.training and not model.encoder.cnn_dropout.training
+    mean, var = mc_embed(model, wave, passes=8)
+    assert bool((var > 0).any()) and torch.isfinite(mean).all()
+    det_mean, det_var = mc_embed(model, wave, deterministic=True)
+    assert torch.equal(det_mean, model.embed(wave)) and not bool(det_var.any())

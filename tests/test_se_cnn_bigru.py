@@ -172,3 +172,23 @@ def test_mc_dropout_samples_the_two_seed_dropouts_only(speech_commands_root):
     assert bool((var > 0).any()) and torch.isfinite(mean).all()
     det_mean, det_var = mc_embed(model, wave, deterministic=True)
     assert torch.equal(det_mean, model.embed(wave)) and not bool(det_var.any())
+
+
+def test_padded_bigru_equals_torch_bigru_on_packed_sequences():
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from speakerzoo.zoo.se_cnn_bigru import PaddedBiGRU
+
+    torch.manual_seed(0)
+    reference = torch.nn.GRU(12, 8, num_layers=2, batch_first=True, bidirectional=True, dropout=0.2).eval()
+    ours = PaddedBiGRU(12, 8, num_layers=2, dropout=0.2).eval()
+    ours.load_state_dict(reference.state_dict())  # nn.GRU's layout is accepted
+    x = torch.randn(3, 9, 12)
+    lengths = torch.tensor([9, 5, 2])
+    x[1, 5:] = 7.0  # padding that must not matter
+    x[2, 2:] = -3.0
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expected, _ = pad_packed_sequence(reference(packed)[0], batch_first=True, total_length=9)
+    got = ours(x, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.allclose(got[b, :n], expected[b, :n], atol=1e-6)

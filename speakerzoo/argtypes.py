@@ -1,4 +1,4 @@
-"""argparse value types shared by the speakerzoo commands (ground floor: imports nothing of ours)."""
+"""argparse value types and parsing shared by the speakerzoo commands (ground floor: imports nothing of ours)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,14 @@ def number_at_least(kind: type, low: float, strict: bool = False) -> Callable[[s
 positive_int = number_at_least(int, 0, strict=True)
 non_negative_int = number_at_least(int, 0)
 positive_float = number_at_least(float, 0, strict=True)
+
+
+def parse_or_exit_code(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
+    """The parsed ``argv``, or the exit code argparse stopped with: 0 after ``--help``, 2 after a
+    usage error (already printed). Commands return the code from ``main`` instead of exiting,
+    so that they can run inside a test or another program."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0) if not isinstance(stop.code, str) else 2
+

@@ -61,7 +61,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from speakerzoo import __version__
-from speakerzoo.argtypes import positive_float, positive_int
+from speakerzoo.argtypes import parse_or_exit_code, positive_float, positive_int
 from speakerzoo.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from speakerzoo.datamodules.corpus import FORMAT as CORPUS_FORMAT
 from speakerzoo.datamodules.corpus import Corpus, CorpusError
@@ -742,11 +742,9 @@ def load_model(checkpoint: str, device: torch.device):
 
 def main(argv: list[str] | None = None) -> int:
     """``speakerzoo embed ...``; returns the exit code (0 done, 2 error, 130 interrupted)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:
-        return int(stop.code or 0) if not isinstance(stop.code, str) else 2
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     from speakerzoo.zoo.base import InvalidCheckpointError
 
     corpus = None

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from speakerzoo.argtypes import non_negative_int, positive_float
+from speakerzoo.argtypes import non_negative_int, parse_or_exit_code, positive_float
 from speakerzoo.audio import AUDIO_EXTENSIONS, AudioError
 from speakerzoo.commands.embed import (
     WINDOW_SAMPLES,
@@ -434,11 +434,9 @@ def run_command(name: str, argv: list[str] | None, build_parser, run, text) -> i
     """The ``main`` of ``speakerzoo verify`` and ``identify``: parse, ``run(args) -> result``, print
     ``text(result)`` or JSON; returns the exit code (0 done, 2 error with the message on stderr,
     130 interrupted)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:
-        return int(stop.code or 0) if not isinstance(stop.code, str) else 2
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         result = run(args)
     except KeyboardInterrupt:

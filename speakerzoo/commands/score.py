@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from speakerzoo.argtypes import number_at_least, positive_float
+from speakerzoo.argtypes import number_at_least, parse_or_exit_code, positive_float
 from speakerzoo.commands.embed import EmbeddingError, EmbeddingFile
 from speakerzoo.plots import Mark, det_figure
 from speakerzoo.scoring import (
@@ -397,11 +397,9 @@ def _table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``speakerzoo score ...``; returns the exit code (0 done, 2 error)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:
-        return int(stop.code or 0) if not isinstance(stop.code, str) else 2
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     from speakerzoo.datamodules.corpus import CorpusError
 
     try:

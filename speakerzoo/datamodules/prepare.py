@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from speakerzoo.argtypes import non_negative_int, positive_int
+from speakerzoo.argtypes import non_negative_int, parse_or_exit_code, positive_int
 from speakerzoo.audio import AudioError, condition, read_audio
 from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter, single_torch_thread, to_pcm16
 from speakerzoo.datamodules.splits import MODES, PARTS
@@ -525,11 +525,9 @@ def _run_toy(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``speakerzoo prepare ...``; returns the exit code (0 done, 2 error, 130 interrupted)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help (0) or a usage error (2, already printed by argparse)
-        return int(stop.code or 0) if not isinstance(stop.code, str) else 2
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     output = getattr(args, "output", None)
     try:
         if args.source == "toy":

@@ -181,3 +181,22 @@ def test_tensorboard_preset_writes_figures_for_any_model(toy, tmp_path):
     assert {"val/det_curve", "train/confusion_matrix"} <= set(acc.Tags()["images"])
     assert "train/macro_f1" in acc.Tags()["scalars"] and acc.Tags()["histograms"]
     assert list(tmp_path.rglob("projector_config.pbtxt"))
+
+
+def test_checkpoints_carry_the_validation_eer_threshold(toy, tmp_path):
+    from speakerzoo.scoring import eer_threshold
+
+    cli("fit", "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false", "--trainer.num_sanity_val_steps=0")
+    last = next(tmp_path.rglob("last.ckpt"))
+    model = SpeakerEmbeddingModule.from_pretrained(last)
+    stored = model.eer_threshold
+    assert stored is not None
+    # Validating the rebuilt model scores the same trials: its EER threshold is the stored one.
+    dm = SpeakerDataModule(str(toy), speakers_per_batch=4, num_workers=0, eval_max_seconds=1.5)
+    trainer = lightning.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                                use_distributed_sampler=False)
+    trainer.validate(model, datamodule=dm)
+    val = model.evaluated["val"]
+    assert stored == pytest.approx(eer_threshold(val["scores"], val["labels"]), abs=1e-5)

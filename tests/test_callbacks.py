@@ -9,7 +9,6 @@ speaker (open set) logs to CSV only: the callbacks must warn once and draw nothi
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import re
@@ -37,6 +36,7 @@ from speakerzoo.callbacks import (
     render,
     stratified_sample,
 )
+from speakerzoo.datamodules.corpus import single_torch_thread
 from speakerzoo.datamodules import SpeakerDataModule
 from speakerzoo.datamodules.toy import prepare_toy
 from speakerzoo.scoring import eer
@@ -60,15 +60,6 @@ def macro_f1_by_hand(predicted: torch.Tensor, targets: torch.Tensor, num_classes
     return float(f1[present].mean()), f1
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Train on one thread: on a shared machine two contended torch threads ran 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def callbacks():
@@ -84,7 +75,7 @@ def train(dm, logger, **trainer_args) -> tuple[L.Trainer, ECAPA, list]:
                    enable_checkpointing=False, log_every_n_steps=1, num_sanity_val_steps=2)
     options.update(trainer_args)
     trainer = L.Trainer(**options)
-    with warnings.catch_warnings(), one_thread():
+    with warnings.catch_warnings(), single_torch_thread():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*|.*trial pairs.*")
         trainer.fit(model, datamodule=dm)
     return trainer, model, cbs
@@ -103,7 +94,7 @@ def run(fsdd_corpus, tmp_path_factory):
                            eval_max_seconds=1.0, eval_batch_size=64, num_workers=0)
     logger = TensorBoardLogger(str(tmp_path_factory.mktemp("tb")), name="run")
     trainer, model, cbs = train(dm, logger, limit_val_batches=2, limit_test_batches=2)
-    with warnings.catch_warnings(), one_thread():
+    with warnings.catch_warnings(), single_torch_thread():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*|.*trial pairs.*")
         trainer.test(model, datamodule=dm, verbose=False)
     events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "images": 0, "histograms": 0,

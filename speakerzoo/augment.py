@@ -40,6 +40,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from speakerzoo.audio import normalize_volume
+from speakerzoo.features import valid_mask
 
 __all__ = ["WaveformAugment", "SpectralAugment", "waveform_augment_from", "spectral_augment_from"]
 
@@ -323,7 +324,7 @@ class SpectralAugment(nn.Module):
             return features
         device = features.device
         lengths = frame_lengths.to(device=device, dtype=torch.long).clamp(0, frames)
-        valid = torch.arange(frames, device=device)[None, :] < lengths[:, None]  # [B, T]
+        valid = valid_mask(lengths, frames)  # [B, T]
         out = features
         if self.vtlp_enabled:
             out = self._vtlp(out)

@@ -126,6 +126,18 @@ def frame_count(num_samples: Tensor | int, sample_rate: int, config: FeatureConf
     return max((num_samples - n_fft) // hop + 1, 1)
 
 
+def valid_mask(lengths: Tensor, frames: int) -> Tensor:
+    """``[B, frames]`` bool, True at the first ``lengths[b]`` frames of each row (the valid ones).
+
+    Example::
+
+        >>> valid_mask(torch.tensor([3, 1]), 4)
+        tensor([[ True,  True,  True, False],
+                [ True, False, False, False]])
+    """
+    return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+
+
 def _sizes(sample_rate: int, config: FeatureConfig) -> tuple[int, int, int]:
     win = int(round(sample_rate * config.win_ms / 1000))
     hop = int(round(sample_rate * config.hop_ms / 1000))
@@ -201,7 +213,7 @@ class Frontend(nn.Module):
             mel = self.mel(waveforms.float())  # [B, n_mels, frames]
             frames = mel.shape[-1]
             frame_lengths = self.frame_lengths(lengths).clamp(max=frames)
-            mask = torch.arange(frames, device=mel.device)[None, :] < frame_lengths[:, None]  # [B, frames]
+            mask = valid_mask(frame_lengths, frames)  # [B, frames]
             feats = self._compress(mel, mask)  # [B, dim, frames]
             feats = self._normalize(feats, mask, frame_lengths)
             feats = feats.masked_fill(~mask[:, None, :], 0.0)

@@ -25,13 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speakerzoo.augment import spectral_augment_from
+from speakerzoo.features import valid_mask
 from speakerzoo.zoo.base import SpeakerEmbeddingModule
 from speakerzoo.zoo.heads import AAMSoftmax
-
-
-def time_mask(frame_lengths: Tensor, frames: int) -> Tensor:
-    """``[B, frames]`` bool: True at the valid frames of each row."""
-    return torch.arange(frames, device=frame_lengths.device)[None, :] < frame_lengths[:, None]
 
 
 class SEBlock(nn.Module):
@@ -168,7 +164,7 @@ class AttentiveStatsPooling(nn.Module):
         self.eps = eps
 
     def forward(self, h: Tensor, frame_lengths: Tensor) -> Tensor:
-        mask = time_mask(frame_lengths, h.shape[1])[:, :, None]  # [B, T, 1]
+        mask = valid_mask(frame_lengths.to(h.device), h.shape[1])[:, :, None]  # [B, T, 1]
         # Softmax and moments in float32: under fp16 autocast exp/variance lose too much.
         with torch.autocast(device_type=h.device.type, enabled=False):
             h = h.float()
@@ -212,7 +208,7 @@ class SECNNBiGRUEncoder(nn.Module):
     def forward(self, features: Tensor, frame_lengths: Tensor) -> Tensor:
         batch, frames, _ = features.shape
         frame_lengths = frame_lengths.to(features.device).long().clamp(min=1, max=frames)
-        mask = time_mask(frame_lengths, frames)
+        mask = valid_mask(frame_lengths, frames)
         x = features.unsqueeze(1) * mask[:, None, :, None].to(features.dtype)
         for block in self.blocks:
             x = block(x, mask)

@@ -340,27 +340,35 @@ class SpeakerEmbeddingModule(L.LightningModule):
         return {"loss": loss, "logits": logits.detach(), "targets": speakers}
 
     def configure_optimizers(self) -> Any:
-        """AdamW, then per step: linear warm-up over ``warmup_epochs``, cosine decay to 0 at the
-        end of training (``trainer.estimated_stepping_batches``); a constant rate when the
-        length of training is unknown (``max_epochs=-1`` without ``max_steps``)."""
+        """AdamW, then per step: linear warm-up over ``warmup_epochs``, then a cosine that falls
+        to 0 over :meth:`lr_decay_steps` steps (default: the rest of training,
+        ``trainer.estimated_stepping_batches``); a constant rate when the length of training is
+        unknown (``max_epochs=-1`` without ``max_steps``)."""
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total) or total <= 0:
             return optimizer
         total = int(total)
         max_epochs = self.trainer.max_epochs
+        steps_per_epoch = total / max_epochs if max_epochs and max_epochs > 0 else None
         warmup = 0
-        if self.warmup_epochs and max_epochs and max_epochs > 0:
-            warmup = min(int(round(self.warmup_epochs * total / max_epochs)), total)
+        if self.warmup_epochs and steps_per_epoch:
+            warmup = min(int(round(self.warmup_epochs * steps_per_epoch)), total)
+        decay = max(1, self.lr_decay_steps(total - warmup, steps_per_epoch))
 
         def factor(step: int) -> float:
             if step < warmup:  # ramps up to the full rate, reached at step ``warmup``
                 return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / decay))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_decay_steps(self, remaining: int, steps_per_epoch: float | None) -> int:
+        """Steps over which the default schedule's cosine falls from the full rate to 0 (the
+        half period of ``CosineAnnealingLR``'s ``T_max``): by default the ``remaining`` steps of
+        training after the warm-up. Past it the cosine rises again, as torch's does."""
+        return remaining
 
     # ------------------------------------------------------------------ validation / test / predict
 

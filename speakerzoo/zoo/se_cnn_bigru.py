@@ -18,8 +18,6 @@ it would be embedded alone (up to float rounding).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -290,23 +288,9 @@ class SECNNBiGRU(SpeakerEmbeddingModule):
     def encode(self, features: Tensor, frame_lengths: Tensor) -> Tensor:
         return self.encoder(features, frame_lengths)
 
-    def configure_optimizers(self):
-        """AdamW and the seed's ``CosineAnnealingLR`` (``T_max = t_max_epochs`` epochs, eta_min 0),
-        stepped per batch, after an optional linear warm-up; past ``T_max`` it rises again as
-        torch's does (the seed: "may restart if training continues")."""
-        total = self.trainer.estimated_stepping_batches
-        max_epochs = self.trainer.max_epochs
-        if self.t_max_epochs is None or not math.isfinite(total) or not max_epochs or max_epochs <= 0:
-            return super().configure_optimizers()
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        per_epoch = total / max_epochs
-        t_max = max(1, int(round(self.t_max_epochs * per_epoch)))
-        warmup = int(round((self.warmup_epochs or 0) * per_epoch))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / t_max))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def lr_decay_steps(self, remaining: int, steps_per_epoch: float | None) -> int:
+        """The seed's ``CosineAnnealingLR`` period: ``t_max_epochs`` epochs of steps (after any
+        warm-up; the base class steps it per batch and rises again past it, as torch's does)."""
+        if self.t_max_epochs is None or not steps_per_epoch:
+            return remaining
+        return max(1, int(round(self.t_max_epochs * steps_per_epoch)))

@@ -491,17 +491,17 @@ class SpeakerEmbeddingModule(L.LightningModule):
                 for name in ("eer", "mindcf", "ident_acc"):
                     self.log(f"{part}/{name}", float("nan"), sync_dist=True)
             return
-        self._keep_evaluated(part, index, emb, usable, verify)
-        shard = Trials(pairs=usable.pairs[rank::world], ident=usable.ident[rank::world])
-        scores, shard_labels, hits = score_trials(index, emb, shard)
+        scores, labels = self._keep_evaluated(part, index, emb, usable, verify)
         metrics = self.trial_metrics[part]
         values = {}
         if verify:
-            metrics["eer"].update(scores, shard_labels)
-            metrics["mindcf"].update(scores, shard_labels)
+            # Each rank feeds its share of the pairs; the metrics concatenate the shares.
+            metrics["eer"].update(scores[rank::world], labels[rank::world])
+            metrics["mindcf"].update(scores[rank::world], labels[rank::world])
             values["eer"] = metrics["eer"].compute()
             values["mindcf"] = metrics["mindcf"].compute()
         if identify:
+            _, _, hits = score_trials(index, emb, Trials(pairs=usable.pairs[:0], ident=usable.ident[rank::world]))
             metrics["ident_acc"].update(hits.float())
             values["ident_acc"] = metrics["ident_acc"].compute()
         for metric in metrics.values():
@@ -510,15 +510,16 @@ class SpeakerEmbeddingModule(L.LightningModule):
             # The values are already global (identical on every rank); sync_dist only averages equal numbers.
             self.log(f"{part}/{name}", value.float(), prog_bar=name == "eer", sync_dist=True)
 
-    def _keep_evaluated(self, part: str, index: Tensor, emb: Tensor, usable: Trials, verify: bool) -> None:
-        # Every rank scores every pair here (cheap: one dot product per pair) so that callbacks
-        # on any rank see all scores, and the EER threshold needs the whole list anyway.
-        empty = torch.zeros(0, dtype=torch.long, device=index.device)
-        scores, labels, _ = score_trials(index, emb, Trials(pairs=usable.pairs, ident=empty.view(0, 2)))
+    def _keep_evaluated(self, part: str, index: Tensor, emb: Tensor, usable: Trials,
+                        verify: bool) -> tuple[Tensor, Tensor]:
+        """Score every usable pair (on every rank: one dot product per pair), keep them in
+        :attr:`evaluated` for callbacks and the validation EER threshold; returns ``(scores, labels)``."""
+        scores, labels, _ = score_trials(index, emb, Trials(pairs=usable.pairs, ident=usable.ident[:0]))
         self.evaluated[part] = {"index": index, "embedding": emb, "scores": scores, "labels": labels}
         sanity = self._trainer is not None and self.trainer.sanity_checking
         if part == "val" and verify and not sanity:
             self.eer_threshold = float(eer_threshold(scores, labels))
+        return scores, labels
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -58,7 +58,7 @@ from speakerzoo.zoo.uncertainty import (
     RecordingEmbedding,
     SpeakerBank,
     aggregate,
-    mc_samples,
+    embed_segments,
     require_dropout,
     segments,
 )
@@ -275,7 +275,6 @@ class Embedder:
         """
         roles = list(roles) if roles is not None else ["test file"] * len(paths)
         out: list[RecordingEmbedding | None] = [None] * len(paths)
-        device = torch.device(getattr(self.model, "device", "cpu"))
         bar = tqdm(total=len(paths), desc=desc, unit="file", dynamic_ncols=True, leave=False,
                    disable=not self.progress or len(paths) < PROGRESS_MIN_FILES)
         pending: list[tuple[int, Tensor]] = []
@@ -287,9 +286,7 @@ class Embedder:
                 return
             if passes:
                 for i, segs in pending:
-                    parts = [mc_samples(self.model, segs[s : s + self.batch_size].to(device), None, passes).cpu()
-                             for s in range(0, segs.shape[0], self.batch_size)]
-                    out[i] = aggregate(torch.cat(parts, dim=1))
+                    out[i] = aggregate(embed_segments(self.model, segs, passes, self.batch_size))
                     bar.update(1)
             else:
                 emb = embed_waveforms(self.model, [s for _, segs in pending for s in segs], batch_size=self.batch_size)

@@ -72,6 +72,7 @@ __all__ = [
     "aggregate",
     "dropout_layers",
     "embed_recording",
+    "embed_segments",
     "head_probabilities",
     "mc_dropout",
     "mc_embed",
@@ -338,18 +339,17 @@ def verify(
 def head_probabilities(model: nn.Module, embeddings: Tensor) -> Tensor:
     """Softmax over the training speakers of the model's classification head: ``[..., D] -> [..., C]``.
 
-    The logits are the head's ``(embeddings, speakers) -> (loss, logits)`` logits (for
-    :class:`~speakerzoo.zoo.heads.AAMSoftmax`: ``scale * cos``, without margin); the labels
-    passed are dummies. These are the training softmax's probabilities, not calibrated ones.
+    The logits are the model's :meth:`~speakerzoo.zoo.base.SpeakerEmbeddingModule.classify`
+    (for :class:`~speakerzoo.zoo.heads.AAMSoftmax`: ``scale * cos``, without margin). These
+    are the training softmax's probabilities, not calibrated ones.
     """
-    head = getattr(model, "head", None)
-    if head is None:
+    classify = getattr(model, "classify", None)
+    flat = embeddings.reshape(-1, embeddings.shape[-1])
+    with torch.no_grad():
+        logits = classify(flat) if callable(classify) else None
+    if logits is None:
         raise ValueError(f"{type(model).__name__} has no classification head (num_speakers=0): "
                          "it cannot identify its training speakers; enrol speakers instead")
-    flat = embeddings.reshape(-1, embeddings.shape[-1])
-    with preserved_modes(head), torch.no_grad():
-        head.eval()
-        _, logits = head(flat, torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device))
     return logits.float().softmax(dim=-1).reshape(*embeddings.shape[:-1], logits.shape[-1])
 
 
@@ -478,9 +478,15 @@ def embed_recording(
     segments' spread to the MC variance (formulas at :class:`RecordingEmbedding`).
     """
     segs = segments(wave, int(model.sample_rate), seconds, hop).float()
+    return aggregate(embed_segments(model, segs, passes, batch_size))
+
+
+def embed_segments(model: nn.Module, segs: Tensor, passes: int = 0, batch_size: int = 32) -> Tensor:
+    """Raw embeddings ``[K, N, D]`` (on the CPU) of equal-length segments ``[N, L]``, ``batch_size``
+    at a time: ``passes`` MC-dropout passes, or one eval-mode pass (``K = 1``) for ``passes=0``."""
     device = torch.device(getattr(model, "device", "cpu"))
     parts = []
     for start in range(0, segs.shape[0], max(1, int(batch_size))):
         chunk = segs[start : start + batch_size].to(device)
         parts.append(mc_samples(model, chunk, None, passes) if passes else _eval_embed(model, chunk)[None])
-    return aggregate(torch.cat([p.float().cpu() for p in parts], dim=1))
+    return torch.cat([p.float().cpu() for p in parts], dim=1)

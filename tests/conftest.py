@@ -9,6 +9,10 @@ Fixtures for other test files:
 * ``speech_commands_corpus``: Path of the Speech Commands test set prepared at 16 kHz,
   239 speakers, 4,482 utterances and 408 noise clips (speaker -1, ``splits/noise``), cached
   ``fbank80``, seed 0;
+* ``one_torch_thread``: torch on one intra-op thread for a whole test module (tiny models gain
+  nothing from two OpenMP threads, and when the other core is busy their spin-waits made
+  forward passes up to 200 times slower); use it with
+  ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``;
 * ``fsdd_prepared`` / ``speech_commands_prepared``: the same, with the records, the
   :class:`~speakerzoo.datamodules.prepare.PrepareSummary` and the wall time.
 
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from speakerzoo.datamodules import sources
 from speakerzoo.datamodules.prepare import PrepareSummary, prepare
@@ -89,3 +94,12 @@ def fsdd_corpus(fsdd_prepared: PreparedCorpus) -> Path:
 def speech_commands_corpus(speech_commands_prepared: PreparedCorpus) -> Path:
     """Speech Commands test set prepared at 16 kHz with cached fbank80 (session-wide; read only)."""
     return speech_commands_prepared.path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

@@ -42,14 +42,7 @@ CHECK_SECONDS = (0.45, 1.7, 2.6)
 ORT_REASON = "onnxruntime is not installed (pip install 'speakerzoo[export]'); ONNX files cannot be run"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny model gains nothing from two OpenMP threads, and when the other core is busy their
-    # spin-waits make a 5 ms forward take a second.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_ecapa() -> ECAPA:

@@ -39,18 +39,11 @@ def fsdd(name: str) -> torch.Tensor:
     return torch.from_numpy(load_audio(FSDD / f"{name}.wav", 16000)[0])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions on one thread: with two OpenMP threads on a machine whose other core is busy,
-    a forward pass here was measured 200 times slower (spin-waiting), which no test should depend on."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model(one_thread) -> ECAPA:
+def model(one_torch_thread) -> ECAPA:
     torch.manual_seed(0)
     return ECAPA(num_speakers=3, speaker_names=["a", "b", "c"], dropout=0.3, **TINY).eval()
 

@@ -36,13 +36,7 @@ def rec(digit: int, speaker: str, n: int) -> str:
     return str(FSDD / "recordings" / f"{digit}_{speaker}_{n}.wav")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: two OpenMP threads spin-wait badly when the other core of the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trainer(**kw) -> lightning.Trainer:
@@ -52,7 +46,7 @@ def _trainer(**kw) -> lightning.Trainer:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, one_thread) -> Path:
+def checkpoint(tmp_path_factory, one_torch_thread) -> Path:
     """Tiny ECAPA with dropout 0.3, 60 AAM steps on 240 FSDD clips (6 speakers), saved by Lightning."""
     if not (FSDD / "recordings").is_dir():
         pytest.skip(f"FSDD not found at {FSDD} (the shared real corpora live in ../shared/data beside the repo)")

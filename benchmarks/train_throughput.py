@@ -2,10 +2,10 @@
 
 All in one run, on the same random batches of ``--seconds``-long crops (default 2 s, the crop
 the seed-002 cost estimate is for), each figure the median of ``--steps`` timed training steps
-(frontend, forward, AAM loss, backward, AdamW step) after ``--warmup`` untimed ones:
+(frontend, forward, the model's training loss, backward, AdamW step) after ``--warmup`` untimed ones:
 
-* crops/s of the model and of ECAPA (the ``configs/ecapa_speech_commands.yaml`` size, C=256),
-  fp32, and the ratio;
+* crops/s of the model and of the baseline (default: ECAPA at the
+  ``configs/ecapa_speech_commands.yaml`` size, C=256), fp32, and the ratio;
 * the model's FLOPs per training step, counted by ``torch.utils.flop_counter.FlopCounterMode``
   (matrix products and convolutions, forward and backward), divided by the step time: the
   achieved GFLOP/s, as a fraction of the same run's fp32 matrix-multiply rate
@@ -15,6 +15,7 @@ the seed-002 cost estimate is for), each figure the median of ``--steps`` timed 
     python benchmarks/train_throughput.py                        # SE-CNN-BiGRU vs ECAPA, CPU
     python benchmarks/train_throughput.py --device cuda --batch 128
     python benchmarks/train_throughput.py --model SECNNBiGRU --threads 1
+    python benchmarks/train_throughput.py --model ResCNN --baseline ECAPA-C1024   # seed 001, full size
 
 On a shared CPU, pin ``--threads`` to the cores that are really free: an oversubscribed
 OpenMP pool slows small kernels (the GRU's per-step products) by an order of magnitude.
@@ -32,9 +33,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from speakerzoo import zoo
 
-SIZES = {
-    "SECNNBiGRU": {},
-    "ECAPA": {"channels": [256, 256, 256, 256, 768], "embedding_dim": 192},
+# Model names: zoo classes, or these aliases of a class at a given size.
+MODELS = {
+    "SECNNBiGRU": ("SECNNBiGRU", {}),
+    "ECAPA": ("ECAPA", {"channels": [256, 256, 256, 256, 768], "embedding_dim": 192}),  # C=256, the SC config
+    "ECAPA-C1024": ("ECAPA", {}),  # speechbrain's VoxCeleb size, 14.7M parameters
+    "ResCNN": ("DeepSpeaker", {"architecture": "rescnn"}),  # seed 001 Table 1, 24M parameters
+    "GRU": ("DeepSpeaker", {"architecture": "gru"}),  # seed 001 Table 2, 23M parameters
 }
 
 
@@ -59,14 +64,15 @@ def matmul_gflops(device: torch.device, n: int, repeat: int = 10) -> float:
 
 
 def build(name: str, num_speakers: int, device: torch.device) -> zoo.SpeakerEmbeddingModule:
-    model = getattr(zoo, name)(num_speakers=num_speakers, **SIZES.get(name, {}))
+    cls, sizes = MODELS.get(name, (name, {}))
+    model = getattr(zoo, cls)(num_speakers=num_speakers, **sizes)
     return model.to(device).train()
 
 
 def train_step(model, optimizer, waves, lengths, speakers, bf16: bool) -> None:
     with torch.autocast(device_type=waves.device.type, dtype=torch.bfloat16, enabled=bf16):
         features, frame_lengths = model.frontend(waves, lengths)
-        loss, _ = model.training_loss(model.encode(features, frame_lengths), speakers)
+        loss, _ = model.training_loss(model.training_embeddings(features, frame_lengths), speakers)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -94,8 +100,9 @@ def step_flops(model, batch) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="SECNNBiGRU", help="zoo model class (default: SECNNBiGRU)")
-    parser.add_argument("--baseline", default="ECAPA", help="reference model class (default: ECAPA, C=256)")
+    parser.add_argument("--model", default="SECNNBiGRU",
+                        help=f"zoo model class or one of {', '.join(MODELS)} (default: SECNNBiGRU)")
+    parser.add_argument("--baseline", default="ECAPA", help="reference model, as --model (default: ECAPA, C=256)")
     parser.add_argument("--batch", type=int, default=32, help="crops per step (default 32)")
     parser.add_argument("--seconds", type=float, default=2.0, help="crop length (default 2 s)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per figure (default 5)")

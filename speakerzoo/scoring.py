@@ -1,5 +1,6 @@
 """Scoring of speaker embeddings (ground floor): trials, cosine scores, EER, minDCF, identification,
-score normalisation (cohort mean, AS-norm) and deployment thresholds.
+score normalisation (cohort mean, AS-norm), deployment thresholds, system combination of several
+models (embedding and score fusion) and speakers enrolled from several utterances.
 
 Imports nothing of ours; the DataModules hand trials to models as :class:`Trials`.
 
@@ -30,8 +31,9 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -437,6 +439,257 @@ def score_trials(index: Tensor, emb: Tensor, trials: Trials) -> tuple[Tensor, Te
     else:
         hits = torch.zeros(0, dtype=torch.bool, device=device)
     return pair_scores, pairs[:, 2].long(), hits
+
+
+# --------------------------------------------------------------------------- system combination
+
+
+def fuse_embeddings(embeddings: Sequence[Tensor]) -> Tensor:
+    """Embedding fusion of several models (Deep Speaker §5.1.3): length-normalise each model's
+    embeddings, add them, and length-normalise the sum; cosine scores of the result are the fused scores.
+
+    Arguments:
+        embeddings: one ``[N, D]`` tensor per model, rows in the same utterance order; every
+            model must give the same size ``D`` (otherwise fuse scores, :func:`fuse_scores`).
+
+    Returns:
+        ``[N, D]`` unit-length embeddings (float32 for half-precision inputs).
+
+    Example::
+
+        >>> a = torch.tensor([[3.0, 0.0], [0.0, 2.0]])
+        >>> b = torch.tensor([[0.0, 1.0], [0.0, 5.0]])
+        >>> fuse_embeddings([a, b])  # normalise(normalise(a) + normalise(b))
+        tensor([[0.7071, 0.7071],
+                [0.0000, 1.0000]])
+    """
+    embeddings = list(embeddings)
+    if not embeddings:
+        raise ValueError("fuse_embeddings needs the embeddings of at least one model")
+    shapes = [tuple(e.shape) for e in embeddings]
+    if len(set(shapes)) != 1 or embeddings[0].dim() < 1:
+        raise ValueError(f"embedding fusion adds the models' embeddings, so they must have the same shape; got "
+                         f"{', '.join(map(str, shapes))} (fuse scores instead when the sizes differ)")
+    total = None
+    for e in embeddings:
+        e = F.normalize(e.float() if e.dtype in (torch.float16, torch.bfloat16) else e, dim=-1)
+        total = e if total is None else total + e
+    return F.normalize(total, dim=-1)
+
+
+def standardize_scores(scores: Tensor) -> Tensor:
+    """``(scores - mean) / std`` over *all* the given scores (one model's scores of one trial list).
+
+    The first step of score fusion (Deep Speaker §5.1.3: "we first normalize the scores using
+    mean and variance calculated from all scores"): pass every score of the trial list being
+    fused at once (all verification pairs; or a whole ``[A, C]`` identification score matrix),
+    so that each model's scores are shifted and scaled by one pair of numbers and the ranking
+    within a model is unchanged. The statistics are computed in float64 and the standard
+    deviation is the population one (``ddof = 0``); when all scores are equal (``std = 0``) the
+    result is all zeros (the model then adds nothing to a fusion). Returns the input's dtype for
+    float32/float64 scores, float64 otherwise.
+
+    Example::
+
+        >>> standardize_scores(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
+        tensor([-1.3416, -0.4472,  0.4472,  1.3416], dtype=torch.float64)
+    """
+    scores = torch.as_tensor(scores)
+    if scores.numel() == 0:
+        raise ValueError("no scores to standardize")
+    x = scores.double()
+    mean = x.mean()
+    std = x.std(correction=0)
+    z = x - mean
+    if float(std) > 0.0:
+        z = z / std
+    return z.to(scores.dtype if scores.dtype in (torch.float32, torch.float64) else torch.float64)
+
+
+def fuse_scores(scores: Sequence[Tensor]) -> Tensor:
+    """Score fusion of several models (Deep Speaker §5.1.3): the sum of each model's
+    :func:`standardize_scores` (mean and std over all of that model's scores, so pass whole trial
+    lists, not batches). Every tensor must have the same shape, element ``i`` of each being the
+    same trial.
+
+    Example::
+
+        >>> a = torch.tensor([0.9, 0.1, 0.5], dtype=torch.float64)   # a model with a wide score range
+        >>> b = torch.tensor([0.52, 0.50, 0.60], dtype=torch.float64)  # one with a narrow range
+        >>> standardize_scores(a) + standardize_scores(b)
+        tensor([ 0.7618, -2.1506,  1.3887], dtype=torch.float64)
+        >>> fuse_scores([a, b])
+        tensor([ 0.7618, -2.1506,  1.3887], dtype=torch.float64)
+    """
+    scores = [torch.as_tensor(s) for s in scores]
+    if not scores:
+        raise ValueError("fuse_scores needs the scores of at least one model")
+    shapes = [tuple(s.shape) for s in scores]
+    if len(set(shapes)) != 1:
+        raise ValueError(f"score fusion adds the models' scores of the same trials, so they must have the same "
+                         f"shape; got {', '.join(map(str, shapes))}")
+    total = standardize_scores(scores[0])
+    for s in scores[1:]:
+        z = standardize_scores(s)
+        total = total.to(torch.promote_types(total.dtype, z.dtype)) + z
+    return total
+
+
+# --------------------------------------------------------------------------- enrolment with several utterances
+
+
+def enrolment_trials(speakers: Tensor, counts: Sequence[int], negatives: int = 99,
+                     seed: int = 0) -> tuple[Tensor, dict[int, Tensor]]:
+    """Identification rows with speakers enrolled from ``n`` utterances each (Deep Speaker §5.1.5, Table 8).
+
+    For every anchor utterance: its own speaker enrolled from ``n`` *other* utterances of that
+    speaker (never the anchor itself), and ``negatives`` other speakers enrolled from ``n`` of
+    their utterances each. Scoring them (:func:`enrolment_scores`) compares the anchor with each
+    speaker's average embedding.
+
+    The comparison across the counts ``n`` is paired: the same anchors, the same negative
+    speakers per anchor and nested enrolment sets (``n = 2`` adds one utterance to the set of
+    ``n = 1``, ...) for every ``n``, so only the number of enrolment utterances changes.
+    Therefore, with ``m = max(counts)``, anchors are all utterances of speakers with at least
+    ``m + 1`` utterances, and negatives are drawn (without replacement) from the other speakers
+    with at least ``m`` utterances.
+
+    Arguments:
+        speakers: ``[N]`` int64 speaker label of each utterance (row ``i`` = utterance ``i``);
+            negative labels (no speaker, e.g. noise clips) are left out.
+        counts: enrolment utterances per speaker to build rows for, e.g. ``(1, 2, 3, 5)``.
+        negatives: other speakers per anchor (99 in the paper).
+        seed: seed of the ``numpy.random.Generator`` that draws everything; the same
+            arguments give the same rows.
+
+    Returns:
+        ``(anchors, rows)``: ``anchors`` ``[A]`` int64 utterance numbers (ascending) and, for
+        each ``n`` in ``counts``, ``rows[n]`` ``[A, 1 + negatives, n]`` int64 utterance
+        numbers of the enrolment sets, column 0 the anchor's own speaker.
+
+    Raises:
+        ValueError: no speaker has ``m + 1`` utterances, or fewer than ``negatives`` other
+            speakers have ``m`` (the message says how many qualify).
+
+    Example::
+
+        >>> spk = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+        >>> anchors, rows = enrolment_trials(spk, counts=[1, 2], negatives=1)
+        >>> anchors.tolist()  # speaker 0 alone has 2 + 1 utterances
+        [0, 1, 2]
+        >>> rows[2].shape  # [anchors, 1 + negatives, n]
+        torch.Size([3, 2, 2])
+        >>> bool((rows[2][:, :, :1] == rows[1]).all())  # nested sets: n = 1 is the start of n = 2
+        True
+    """
+    counts = sorted({int(n) for n in counts})
+    if not counts or counts[0] < 1:
+        raise ValueError(f"enrolment counts must be positive integers, got {list(counts)}")
+    if negatives < 1:
+        raise ValueError(f"need at least one negative speaker per anchor, not {negatives}")
+    top = counts[-1]
+    spk = np.asarray(torch.as_tensor(speakers).cpu(), dtype=np.int64).reshape(-1)
+    labels, sizes = np.unique(spk[spk >= 0], return_counts=True)
+    anchor_speakers = labels[sizes >= top + 1]
+    pool = labels[sizes >= top]
+    if anchor_speakers.size == 0:
+        raise ValueError(f"enrolling with {top} utterances needs speakers with at least {top + 1} utterances "
+                         f"(the anchor and {top} others); the most any speaker has is "
+                         f"{int(sizes.max()) if sizes.size else 0}: use smaller enrolment counts")
+    if pool.size - 1 < negatives:
+        fix = f"use {pool.size - 1} negatives or fewer (or smaller enrolment counts)" if pool.size > 1 else \
+            "use smaller enrolment counts"
+        raise ValueError(f"only {pool.size - 1} other speakers have at least {top} utterances to enrol as "
+                         f"negatives, {negatives} asked for: {fix}")
+    rng = np.random.default_rng(seed)
+    # Utterances grouped by speaker (ascending within each): speaker k of the pool owns
+    # grouped[start[k] : start[k] + size[k]].
+    grouped = np.argsort(spk, kind="stable")
+    start = np.searchsorted(spk[grouped], pool)
+    size = sizes[sizes >= top]  # of the pool's speakers
+    anchors = np.flatnonzero(np.isin(spk, anchor_speakers))
+    own = np.searchsorted(pool, spk[anchors])  # the anchor's speaker, as a position in the pool
+    place = np.empty_like(grouped)
+    place[grouped] = np.arange(grouped.size)
+    rank = place[anchors] - start[own]  # the anchor's position among its speaker's utterances
+    # Own speaker: ``top`` of its other utterances (positions past the anchor's shift by one).
+    p = _distinct_draws(rng, size[own] - 1, top)
+    own_sets = grouped[start[own][:, None] + p + (p >= rank[:, None])]
+    # Negatives: ``negatives`` other speakers of the pool, then ``top`` utterances of each.
+    q = _distinct_draws(rng, np.full(anchors.size, pool.size - 1), negatives)
+    q = q + (q >= own[:, None])
+    p = _distinct_draws(rng, size[q].reshape(-1), top).reshape(anchors.size, negatives, top)
+    negative_sets = grouped[start[q][:, :, None] + p]
+    full = torch.from_numpy(np.concatenate([own_sets[:, None, :], negative_sets], axis=1).astype(np.int64))
+    return torch.from_numpy(anchors.astype(np.int64)), {n: full[:, :, :n].contiguous() for n in counts}
+
+
+def _distinct_draws(rng: np.random.Generator, m: np.ndarray, k: int) -> np.ndarray:
+    """``[len(m), k]``: in row ``i``, ``k`` distinct integers of ``[0, m[i])`` (``m[i] >= k``), a uniform
+    random subset in uniform random order, so that every prefix is a uniform random subset too.
+    Floyd's algorithm, vectorised over rows: memory and time grow with ``k``, not with ``m``."""
+    m = np.asarray(m, dtype=np.int64)
+    out = np.empty((m.size, k), dtype=np.int64)
+    for i in range(k):
+        j = m - k + i
+        t = rng.integers(0, j + 1)
+        taken = (out[:, :i] == t[:, None]).any(axis=1)
+        out[:, i] = np.where(taken, j, t)
+    return rng.permuted(out, axis=1)
+
+
+def enrolment_scores(emb: Tensor, anchors: Tensor, rows: Tensor, chunk: int = 256) -> Tensor:
+    """Cosine scores of anchors against speakers enrolled from several utterances.
+
+    Each enrolment set's embeddings are length-normalised, averaged and length-normalised
+    again (the speaker embedding is the average of its enrolment utterances' embeddings,
+    Deep Speaker §5.1.5); the score is its cosine with the anchor's embedding.
+
+    Arguments:
+        emb: ``[N, D]`` embeddings, row ``i`` = utterance ``i`` of :func:`enrolment_trials`.
+        anchors: ``[A]`` anchor utterance numbers.
+        rows: ``[A, C, n]`` enrolment sets (column 0 the anchor's speaker).
+        chunk: anchors scored at a time (bounds memory at ``chunk x C x n x D``).
+
+    Returns:
+        ``[A, C]`` scores; feed them to :func:`enrolment_metrics`.
+
+    Example::
+
+        >>> emb = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 1.0]])
+        >>> enrolment_scores(emb, torch.tensor([4]), torch.tensor([[[0, 2], [1, 3]]]))
+        tensor([[1.0000, 1.0000]])
+    """
+    if rows.dim() != 3 or rows.shape[0] != anchors.numel():
+        raise ValueError(f"expected anchors [A] and enrolment rows [A, C, n]; got {tuple(anchors.shape)} and "
+                         f"{tuple(rows.shape)}")
+    e = F.normalize(emb.float() if emb.dtype in (torch.float16, torch.bfloat16) else emb, dim=-1)
+    anchors, rows = anchors.to(e.device), rows.to(e.device)
+    out = [
+        (e[a].unsqueeze(1) * F.normalize(e[r].mean(dim=2), dim=-1)).sum(-1)
+        for a, r in zip(anchors.split(chunk), rows.split(chunk))
+    ]
+    return torch.cat(out) if out else e.new_zeros(0, rows.shape[1])
+
+
+def enrolment_metrics(scores: Tensor) -> tuple[float, float]:
+    """EER and identification accuracy of ``[A, C]`` identification scores, column 0 the anchor's speaker.
+
+    The EER is over all ``A x C`` scores, column 0 target and the other columns non-target
+    trials (Deep Speaker §4.1); the accuracy is the share of rows whose column 0 scores
+    strictly highest (:func:`identification_hits_from_scores`). Both are fractions.
+
+    Example::
+
+        >>> enrolment_metrics(torch.tensor([[0.9, 0.2, 0.3], [0.4, 0.6, 0.1]]))  # accept >= 0.4: 1 of 4 non-targets
+        (0.25, 0.5)
+    """
+    if scores.dim() != 2 or scores.shape[0] == 0 or scores.shape[1] < 2:
+        raise ValueError(f"expected [A >= 1, C >= 2] scores, got shape {tuple(scores.shape)}")
+    labels = torch.zeros(scores.shape, dtype=torch.int64, device=scores.device)
+    labels[:, 0] = 1
+    hits = identification_hits_from_scores(scores)
+    return eer(scores.flatten(), labels.flatten()), float(hits.double().mean())
 
 
 # --------------------------------------------------------------------------- torchmetrics

@@ -14,6 +14,24 @@ highest cohort scores of each side. Reports EER, minDCF, identification accuracy
 threshold for a chosen false-accept rate, and draws a DET curve on normal-deviate axes.
 The numbers are those of :mod:`speakerzoo.scoring`, the same functions that compute the
 models' ``val/`` and ``test/`` metrics.
+
+System combination (Deep Speaker §5.1.3): several embeddings files, one per model, of the
+same utterances (``speakerzoo score A.h5 B.h5 --corpus C.h5 --fusion score|embedding``).
+``--fusion embedding`` length-normalises each model's embedding of an utterance, adds them and
+length-normalises the sum (:func:`~speakerzoo.scoring.fuse_embeddings`; the models must have the
+same embedding size), then scores as usual. ``--fusion score`` scores each model on its own and
+adds the scores after standardising each model's scores by their mean and standard deviation
+over the whole trial list (:func:`~speakerzoo.scoring.fuse_scores`; for identification over each
+model's whole ``[rows, candidates]`` score matrix). Score normalisation with a cohort is not
+combined with fusion.
+
+Enrolment from several utterances (Deep Speaker §5.1.5, Table 8): ``--enrol-utterances 1,2,3,5``
+with ``--corpus`` evaluates, instead of the corpus' trials, identification rows built from the
+utterances of the corpus part: each anchor utterance against its own speaker and ``--negatives``
+(default 99) other speakers, each speaker's embedding the average of ``n`` enrolment
+utterances (never the anchor), for every ``n`` with the same anchors and negative speakers
+(:func:`~speakerzoo.scoring.enrolment_trials`, seeded by ``--seed``). Reports the EER over
+all row scores and the identification accuracy per ``n``; works with fusion.
 """
 
 from __future__ import annotations
@@ -28,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -43,6 +62,11 @@ from speakerzoo.scoring import (
     det_curve,
     eer,
     eer_threshold,
+    enrolment_metrics,
+    enrolment_scores,
+    enrolment_trials,
+    fuse_embeddings,
+    fuse_scores,
     identification_hits_from_scores,
     mean_normalize,
     min_dcf,
@@ -50,8 +74,8 @@ from speakerzoo.scoring import (
     threshold_at_far,
 )
 
-__all__ = ["TrialList", "ScoreError", "parse_trials", "read_trials", "corpus_trials", "Scorer", "evaluate",
-           "draw_det", "build_parser", "main"]
+__all__ = ["TrialList", "ScoreError", "parse_trials", "read_trials", "corpus_trials", "corpus_part", "Scorer",
+           "evaluate", "evaluate_enrolment", "draw_det", "build_parser", "main"]
 
 _TARGET = {"1", "target", "tgt", "true"}
 _NONTARGET = {"0", "nontarget", "non-target", "imp", "impostor", "false"}
@@ -161,6 +185,20 @@ def corpus_trials(corpus_path: str | Path, split: str = "speaker", part: str = "
     )
 
 
+def corpus_part(corpus_path: str | Path, split: str = "speaker", part: str = "test") -> tuple[list[str], Tensor]:
+    """The utterance ids and ``[N]`` int64 speaker numbers (-1: no speaker) of one part of a corpus, in corpus order."""
+    from speakerzoo.datamodules.corpus import Corpus
+
+    corpus = Corpus(corpus_path)
+    try:
+        index = np.sort(corpus.split(split, part))
+        ids = corpus.texts("utt_id")
+        speakers = torch.as_tensor(corpus.speaker[index], dtype=torch.int64)
+    finally:
+        corpus.close()
+    return [ids[i] for i in index], speakers
+
+
 # --------------------------------------------------------------------------- scoring
 
 
@@ -205,15 +243,21 @@ class Scorer:
         mu, sd = self._cohort_stats()
         return as_norm(scores, (mu[enrol], sd[enrol]), (mu[test], sd[test]))
 
-    def ident_hits(self, rows: Tensor, chunk: int = 1024) -> Tensor:
-        """``[A]`` bool for ``[A, C]`` rows ``(anchor, positive, negatives...)``: the positive scores highest."""
-        hits = []
+    def ident_scores(self, rows: Tensor, chunk: int = 1024) -> Tensor:
+        """``[A, C - 1]`` scores of ``[A, C]`` rows ``(anchor, positive, negatives...)``: the anchor
+        against each candidate, the positive in column 0."""
+        scores = []
         for r in rows.split(chunk):
             s = cosine_scores(self.emb[r[:, 0]].unsqueeze(1), self.emb[r[:, 1:]])  # [a, C - 1]
             if self.top_k is not None:
                 mu, sd = self._cohort_stats()
                 s = as_norm(s, (mu[r[:, :1]], sd[r[:, :1]]), (mu[r[:, 1:]], sd[r[:, 1:]]))
-            hits.append(identification_hits_from_scores(s))
+            scores.append(s)
+        return torch.cat(scores) if scores else self.emb.new_zeros(0, max(rows.shape[1] - 1, 0))
+
+    def ident_hits(self, rows: Tensor, chunk: int = 1024) -> Tensor:
+        """``[A]`` bool for ``[A, C]`` rows ``(anchor, positive, negatives...)``: the positive scores highest."""
+        hits = [identification_hits_from_scores(self.ident_scores(r, chunk)) for r in rows.split(chunk)]
         return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
 
 
@@ -241,6 +285,31 @@ def evaluate(scores: Tensor, labels: Tensor, ident_hits: Tensor | None = None, p
         result["ident_rows"] = int(ident_hits.numel())
         result["ident_acc"] = float(ident_hits.double().mean())
     return result
+
+
+def evaluate_enrolment(tables: list[Tensor], speakers: Tensor, counts: Iterable[int], negatives: int = 99,
+                       seed: int = 0) -> dict[str, Any]:
+    """EER and identification accuracy with speakers enrolled from ``n`` utterances, for each ``n`` in ``counts``.
+
+    Arguments:
+        tables: one ``[N, D_k]`` embedding table per model, row ``i`` = utterance ``i`` of ``speakers``;
+            several are combined by score fusion (fuse embeddings first for embedding fusion).
+        speakers: ``[N]`` int64 speaker numbers (-1: no speaker).
+        counts, negatives, seed: as :func:`speakerzoo.scoring.enrolment_trials`.
+
+    Returns:
+        ``{"anchors", "anchor_speakers", "enrolment": [{"utterances", "anchors", "eer", "ident_acc"}, ...]}``
+        (fractions; ``n`` ascending).
+    """
+    anchors, sets = enrolment_trials(speakers, list(counts), negatives=negatives, seed=seed)
+    rows = []
+    for n in sorted(sets):
+        per_model = [enrolment_scores(t, anchors, sets[n]) for t in tables]
+        scores = per_model[0] if len(per_model) == 1 else fuse_scores(per_model)
+        e, acc = enrolment_metrics(scores)
+        rows.append({"utterances": n, "anchors": int(anchors.numel()), "eer": e, "ident_acc": acc})
+    return {"anchors": int(anchors.numel()), "anchor_speakers": int(torch.unique(speakers[anchors]).numel()),
+            "enrolment": rows}
 
 
 # --------------------------------------------------------------------------- DET image
@@ -277,7 +346,21 @@ EXAMPLES = """examples:
   speakerzoo score emb/test.h5 --corpus data/speech_commands.h5 --mean-norm --cohort emb/train.h5
   speakerzoo score emb/test.h5 --corpus data/speech_commands.h5 --asnorm --cohort emb/train.h5 --top-k 200
   speakerzoo score emb/vox1.h5 --trials veri_test2.txt --scores scores.txt --json
+  speakerzoo score emb/resnet.h5 emb/gru.h5 --corpus data/speech_commands.h5 --fusion score
+  speakerzoo score emb/test.h5 --corpus data/speech_commands.h5 --enrol-utterances 1,2,3,5
+  speakerzoo score emb/resnet.h5 emb/gru.h5 --corpus data/speech_commands.h5 --fusion embedding --enrol-utterances 1,5
 """
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive utterance counts separated by commas "
+                                         f"(e.g. 1,2,3,5): {text}")
+    return sorted(set(values))
 
 
 def _fraction(text: str) -> float:
@@ -301,18 +384,38 @@ def build_parser() -> argparse.ArgumentParser:
             "Score a trial list by cosine similarity of embeddings from `speakerzoo embed`: EER, minDCF, "
             "identification accuracy (corpus trials), the threshold for a chosen false-accept rate, and a DET curve. "
             "Trials come from the corpus the embeddings were made from (--corpus) or from a text file (--trials: "
-            "'enrol test [label]' or VoxCeleb's 'label enrol test' per line)."
+            "'enrol test [label]' or VoxCeleb's 'label enrol test' per line). "
+            "Several embeddings files (one per model, the same utterances) are combined with --fusion: 'embedding' "
+            "adds the length-normalised embeddings of the models and normalises the sum, 'score' adds each "
+            "model's scores standardised by their mean and standard deviation over the trial list. "
+            "--enrol-utterances 1,2,3,5 (with --corpus) evaluates speakers enrolled from n utterances instead: "
+            "each anchor utterance against its own speaker and --negatives other speakers, a speaker's embedding "
+            "being the average of n of its utterances (EER and identification accuracy per n)."
         , width=100),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("embeddings", type=Path, metavar="EMB.h5", help="embeddings file from `speakerzoo embed`")
+    parser.add_argument("embeddings", type=Path, nargs="+", metavar="EMB.h5",
+                        help="embeddings file from `speakerzoo embed`; several (one per model, the same utterances) "
+                             "are combined by --fusion")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--corpus", type=Path, metavar="C.h5", help="score this corpus' trials")
     source.add_argument("--trials", type=Path, metavar="FILE", help="score this text trial list")
     parser.add_argument("--split", choices=("speaker", "utterance"), default="speaker",
                         help="corpus trials: the split (default: speaker)")
     parser.add_argument("--part", choices=("val", "test"), default="test", help="corpus trials: the part (default: test)")
+    fusion = parser.add_argument_group("system combination (several embeddings files)")
+    fusion.add_argument("--fusion", choices=("score", "embedding"),
+                        help="score: add each model's scores standardised over the trial list; embedding: add the "
+                             "length-normalised embeddings and normalise the sum (same embedding size needed)")
+    enrol = parser.add_argument_group("enrolment from several utterances (with --corpus)")
+    enrol.add_argument("--enrol-utterances", type=_counts, metavar="N[,N...]",
+                       help="instead of the corpus trials: EER and identification accuracy with every speaker "
+                            "enrolled from N of its utterances (their average embedding), e.g. 1,2,3,5; anchors "
+                            "are the utterances of speakers with more than the largest N")
+    enrol.add_argument("--negatives", type=number_at_least(int, 1), metavar="K",
+                       help="other speakers each anchor is compared with (default: 99)")
+    enrol.add_argument("--seed", type=int, help="seed of the anchors' enrolment sets and negatives (default: 0)")
     norm = parser.add_argument_group("score normalisation")
     norm.add_argument("--cohort", type=Path, metavar="COHORT.h5",
                       help="embeddings of other speakers (e.g. the training part, same checkpoint)")
@@ -385,6 +488,7 @@ def _table(result: dict[str, Any]) -> str:
         f"  trials         {result['trials']} : {result['pairs']} pairs ({result['targets']} target, "
         f"{result['nontargets']} non-target)",
         f"  normalisation  {result['normalisation']}",
+        *([f"  fusion         {result['fusion']}"] if result.get("fusion", "none") != "none" else []),
         "",
         f"  {'metric':<26} {'value':>9}  {'threshold':>10}",
     ]
@@ -393,6 +497,95 @@ def _table(result: dict[str, Any]) -> str:
         if result.get(key):
             lines.append(f"  {what:<14} {result[key]}")
     return "\n".join(lines)
+
+
+def _models(args: argparse.Namespace) -> tuple[EmbeddingFile, list[Tensor], str]:
+    """The first embeddings file (its utterance ids index the tables), one embedding table per
+    model to score (rows in the first file's order; one table after embedding fusion) and the
+    fusion in words."""
+    files = [EmbeddingFile(p) for p in args.embeddings]
+    if len(files) == 1:
+        if args.fusion is not None:
+            raise ScoreError(f"--fusion {args.fusion} combines several embeddings files (one per model); "
+                             f"give two or more, or drop --fusion")
+        return files[0], [files[0].embedding], "none"
+    names = ", ".join(str(f.path) for f in files)
+    if args.fusion is None:
+        raise ScoreError(f"{len(files)} embeddings files given ({names}): say how to combine them with "
+                         f"--fusion score or --fusion embedding (or give one file)")
+    if args.cohort is not None or args.mean_norm or args.asnorm:
+        raise ScoreError("--cohort, --mean-norm and --asnorm work on one embeddings file; they are not combined "
+                         "with --fusion (score each model alone to normalise its scores)")
+    first = files[0]
+    known = set(first.utt_id)
+    for other in files[1:]:
+        if other.utt_id == first.utt_id:
+            continue
+        theirs = set(other.utt_id)
+        missing = next((u for u in first.utt_id if u not in theirs), None)
+        if missing is not None:
+            raise ScoreError(f"{first.path} and {other.path} hold different utterances: {missing!r} is in "
+                             f"{first.path} but not in {other.path}; embed the same utterances with every model")
+        extra = next((u for u in other.utt_id if u not in known), None)
+        if extra is not None:
+            raise ScoreError(f"{first.path} and {other.path} hold different utterances: {extra!r} is in "
+                             f"{other.path} but not in {first.path}; embed the same utterances with every model")
+    for other in files[1:]:
+        digest, theirs = first.attrs.get("checkpoint_sha256", ""), other.attrs.get("checkpoint_sha256", "")
+        if digest and digest == theirs:
+            print(f"speakerzoo score: warning: {first.path} and {other.path} were embedded with the same checkpoint; "
+                  f"fusing a model with itself adds nothing", file=sys.stderr)
+    tables = [first.embedding] + [f.embedding[f.rows(first.utt_id)] for f in files[1:]]
+    if args.fusion == "embedding":
+        sizes = {str(f.path): f.embedding.shape[1] for f in files}
+        if len(set(sizes.values())) > 1:
+            raise ScoreError("--fusion embedding adds the models' embeddings, so they need the same size; got "
+                             + ", ".join(f"{d}-d in {p}" for p, d in sizes.items()) + ": use --fusion score")
+        return first, [fuse_embeddings(tables)], f"embedding fusion of {len(files)} models"
+    return first, tables, f"score fusion of {len(files)} models"
+
+
+def _enrolment_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"enrolment from several utterances: {result['embeddings']}",
+        f"  trials   {result['trials']}",
+        f"           {result['anchors']} anchors of {result['anchor_speakers']} speakers, each against its own "
+        f"speaker and {result['negatives']} others (seed {result['seed']})",
+        f"  fusion   {result['fusion']}",
+        "",
+        f"  {'#utt':>5} {'anchors':>8} {'EER':>9} {'ACC':>9}",
+    ]
+    lines += [f"  {r['utterances']:>5} {r['anchors']:>8} {100 * r['eer']:>7.2f} % {100 * r['ident_acc']:>7.2f} %"
+              for r in result["enrolment"]]
+    return "\n".join(lines)
+
+
+def _score_enrolment(args: argparse.Namespace) -> dict[str, Any]:
+    """``--enrol-utterances``: Table 8 of Deep Speaker on the corpus part."""
+    if args.corpus is None:
+        raise ScoreError("--enrol-utterances builds its trials from the utterances of a corpus part: give "
+                         "--corpus C.h5 (with --split and --part) instead of --trials")
+    refused = [name for name, given in (("--det", args.det), ("--scores", args.scores), ("--cohort", args.cohort),
+                                        ("--mean-norm", args.mean_norm), ("--asnorm", args.asnorm)) if given]
+    if refused:
+        raise ScoreError(f"{', '.join(refused)} apply to verification pairs, not to --enrol-utterances; drop "
+                         f"{'it' if len(refused) == 1 else 'them'}")
+    first, tables, fusion = _models(args)
+    negatives = 99 if args.negatives is None else args.negatives
+    seed = 0 if args.seed is None else args.seed
+    ids, speakers = corpus_part(args.corpus, args.split, args.part)
+    try:
+        rows = first.rows(ids)
+    except KeyError as err:
+        raise ScoreError(f"{err.args[0]} (--enrol-utterances needs embeddings of every utterance of "
+                         f"split {args.split}, part {args.part})") from None
+    source = f"corpus {args.corpus}, split {args.split}, part {args.part}"
+    try:
+        result = evaluate_enrolment([t[rows] for t in tables], speakers, args.enrol_utterances, negatives, seed)
+    except ValueError as err:
+        raise ScoreError(f"{source}: {err}; the options are --negatives K and --enrol-utterances N,...") from None
+    return {"embeddings": " + ".join(str(p) for p in args.embeddings), "trials": source, "fusion": fusion,
+            "negatives": negatives, "seed": seed, **result}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,7 +600,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ScoreError("--mean-norm and --asnorm need --cohort COHORT.h5 (embeddings of other speakers)")
         if args.cohort is not None and not (args.mean_norm or args.asnorm):
             raise ScoreError("--cohort is used by --mean-norm and --asnorm; give one of them (or drop --cohort)")
-        emb = EmbeddingFile(args.embeddings)
+        if args.enrol_utterances is not None:
+            result = _score_enrolment(args)
+            print(json.dumps(result, indent=2) if args.json else _enrolment_table(result))
+            return 0
+        if args.negatives is not None or args.seed is not None:
+            raise ScoreError("--negatives and --seed apply to --enrol-utterances; the corpus trials were drawn "
+                             "when the corpus was prepared")
+        emb, tables, fusion = _models(args)
         if args.corpus is not None:
             trials = corpus_trials(args.corpus, args.split, args.part)
         else:
@@ -422,10 +622,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.cohort is not None:
             trial_ids = {emb.utt_id[i] for i in torch.cat([enrol, test]).unique().tolist()}
             cohort, cohort_text = _cohort(args.cohort, emb, args.cohort_speakers, trial_ids)
-        scorer = Scorer(emb.embedding, cohort, mean_norm=args.mean_norm,
-                        asnorm_top_k=args.top_k if args.asnorm else None)
-        scores = scorer.pairs(enrol, test)
-        hits = scorer.ident_hits(ident) if ident is not None else None
+        scorers = [Scorer(t, cohort, mean_norm=args.mean_norm, asnorm_top_k=args.top_k if args.asnorm else None)
+                   for t in tables]
+        if len(scorers) == 1:
+            scores = scorers[0].pairs(enrol, test)
+            hits = scorers[0].ident_hits(ident) if ident is not None else None
+        else:  # score fusion: each model's scores standardised over the whole trial list, then added
+            scores = fuse_scores([s.pairs(enrol, test) for s in scorers])
+            hits = identification_hits_from_scores(fuse_scores([s.ident_scores(ident) for s in scorers])) \
+                if ident is not None else None
         norm = []
         if args.mean_norm:
             norm.append("mean-norm")
@@ -447,12 +652,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ScoreError(f"the trials need both target and non-target pairs; got {int(labels.sum())} targets "
                              f"of {labels.numel()}")
         result = evaluate(scores, labels, hits, args.p_target, args.c_miss, args.c_fa, args.far)
-        result = {"embeddings": str(args.embeddings), "trials": trials.source, "normalisation": normalisation,
+        names = " + ".join(str(p) for p in args.embeddings)
+        result = {"embeddings": names, "trials": trials.source, "fusion": fusion, "normalisation": normalisation,
                   **result}
         if args.det is not None:
+            what = " + ".join(norm) if norm else (fusion if fusion != "none" else "no score normalisation")
             result["det"] = str(draw_det(args.det, scores, labels, result,
-                                         title=f"{Path(args.embeddings).name}: "
-                                               f"{' + '.join(norm) if norm else 'no score normalisation'}"))
+                                         title=f"{' + '.join(Path(p).name for p in args.embeddings)}: {what}"))
         if args.scores is not None:
             result["scores_file"] = str(args.scores)
     except (ScoreError, EmbeddingError, CorpusError, ValueError, OSError) as err:

@@ -4,6 +4,7 @@ Never imports ``speakerzoo.datamodules``; DataModules and models are linked by t
 """
 
 from speakerzoo.zoo.base import InvalidCheckpointError, LoadReport, SpeakerEmbeddingModule
+from speakerzoo.zoo.deep_speaker import DeepSpeaker
 from speakerzoo.zoo.ecapa import ECAPA
 from speakerzoo.zoo.heads import AAMSoftmax
 from speakerzoo.zoo.se_cnn_bigru import SECNNBiGRU
@@ -19,6 +20,7 @@ from speakerzoo.zoo.registry import (
 __all__ = [
     "AAMSoftmax",
     "ChecksumError",
+    "DeepSpeaker",
     "ECAPA",
     "InvalidCheckpointError",
     "LoadReport",

@@ -234,8 +234,16 @@ class SpeakerEmbeddingModule(L.LightningModule):
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
         return self.embed(waveforms, lengths)
 
-    def training_loss(self, embeddings: Tensor, speakers: Tensor) -> tuple[Tensor, Tensor]:
-        """``(loss, logits [B, num_speakers])`` for a batch; default: ``self.head(embeddings, speakers)``."""
+    def training_embeddings(self, features: Tensor, frame_lengths: Tensor) -> Tensor:
+        """What :meth:`training_loss` receives in a training step; default: :meth:`encode`'s
+        embeddings. Override it when a loss needs something else (e.g. the embedding before
+        length normalisation)."""
+        return self.encode(features, frame_lengths)
+
+    def training_loss(self, embeddings: Tensor, speakers: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(loss, logits [B, num_speakers])`` for a batch; default: ``self.head(embeddings, speakers)``.
+        Losses without class logits (metric learning) return ``(loss, None)``: ``train/acc`` is then
+        not logged and the step output has no ``logits``."""
         if self.head is None:
             raise RuntimeError(
                 f"{type(self).__name__} has no classification head (num_speakers=0); "
@@ -322,21 +330,25 @@ class SpeakerEmbeddingModule(L.LightningModule):
             torch.manual_seed(_epoch_seed(self._train_seed, self.current_epoch, rank))
 
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        """Returns ``{"loss", "logits" [B, C] (detached, no margin), "targets" [B]}``: callbacks
+        """Returns ``{"loss", "logits" [B, C] (detached, no margin), "targets" [B]}`` (only
+        ``{"loss"}`` when :meth:`training_loss` gives no logits): callbacks
         (:mod:`speakerzoo.callbacks`) read the predictions in ``on_train_batch_end``."""
         features, frame_lengths = self.features(batch)
         if self.spec_augment is not None:
             features = self.spec_augment(features, frame_lengths)
         speakers = batch["speakers"]
-        loss, logits = self.training_loss(self.encode(features, frame_lengths), speakers)
+        loss, logits = self.training_loss(self.training_embeddings(features, frame_lengths), speakers)
         batch_size = speakers.shape[0]
         self._train_loss(loss.detach(), batch_size)
-        self._train_acc((logits.detach().argmax(dim=-1) == speakers).float())
         self.log("train/loss", self._train_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
-        self.log("train/acc", self._train_acc, on_step=True, on_epoch=True, batch_size=batch_size)
+        if logits is not None:
+            self._train_acc((logits.detach().argmax(dim=-1) == speakers).float())
+            self.log("train/acc", self._train_acc, on_step=True, on_epoch=True, batch_size=batch_size)
         if self._trainer is not None and self.trainer.optimizers:
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             self.log("train/lr", float(lr), on_step=True, on_epoch=False, batch_size=batch_size)
+        if logits is None:
+            return {"loss": loss}
         return {"loss": loss, "logits": logits.detach(), "targets": speakers}
 
     def configure_optimizers(self) -> Any:

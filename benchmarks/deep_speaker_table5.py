@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     for arch in ARCHS:
         emb[arch] = root / f"{arch}_test_embeddings.h5"
         if not emb[arch].is_file():
-            subprocess.run([sys.executable, "-m", "speakerzoo.cli", "embed", str(args.corpus), "--checkpoint",
+            subprocess.run([sys.executable, "-m", "speakerzoo.cli", "embed", str(args.corpus), "--split", "speaker", "--checkpoint",
                             str(best(root, arch, "triplet")), "--part", "test", "--output", str(emb[arch]), "--quiet"],
                            check=True, cwd=REPO)
     corpus = ["--corpus", str(args.corpus)]

@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from cli_run import QUIET, REPO, cli
+from speech_clips import trimmed_clips
 from speakerzoo.zoo import DeepSpeaker, SpeakerEmbeddingModule
 from speakerzoo.zoo.deep_speaker import ResBlock, clipped_relu
 from speakerzoo.zoo.triplet import CosineTripletLoss, gather_global_batch, mine_hardest
@@ -73,11 +74,7 @@ def test_padding_does_not_change_an_embedding(architecture, speech_commands_root
             module.running_mean.uniform_(-1, 1)
             module.running_var.uniform_(0.5, 2)
     model.eval()
-    files = sorted((speech_commands_root / "yes").glob("*.wav"))[:4]
-    import soundfile as sf
-
-    waves = [torch.from_numpy(sf.read(f, dtype="float32")[0]) for f in files]
-    waves = [w[: len(w) - 1900 * k] for k, w in enumerate(waves)]
+    waves = trimmed_clips(speech_commands_root, step=1900)
     lengths = torch.tensor([len(w) for w in waves])
     batch = torch.randn(len(waves), int(lengths.max()))  # garbage in the padding
     for k, w in enumerate(waves):

@@ -6,23 +6,16 @@ import math
 
 import lightning as L
 import pytest
-import soundfile as sf
 import torch
 import torch.nn.functional as F
 
 from cli_run import QUIET, REPO, cli
+from speech_clips import trimmed_clips
 from speakerzoo.zoo import SECNNBiGRU
 from speakerzoo.zoo.se_cnn_bigru import AttentiveStatsPooling, SEBlock
 
 CONFIG = str(REPO / "configs" / "se_cnn_bigru.yaml")
 SMALL = dict(channels=[8, 16, 32], hidden=32, projection_dim=32, embedding_dim=16)
-
-
-def _speech(root, n: int = 4) -> list[torch.Tensor]:
-    """Real one-second Speech Commands recordings of different lengths (trimmed)."""
-    files = sorted((root / "yes").glob("*.wav"))[:n] if (root / "yes").is_dir() else sorted(root.rglob("*.wav"))[:n]
-    waves = [torch.from_numpy(sf.read(f, dtype="float32")[0]) for f in files]
-    return [w[: len(w) - 1700 * k] for k, w in enumerate(waves)]
 
 
 def test_full_size_model_has_the_seed_layer_sizes():
@@ -49,7 +42,7 @@ def test_padding_does_not_change_an_embedding(speech_commands_root):
             module.running_mean.uniform_(-1, 1)
             module.running_var.uniform_(0.5, 2)
     model.eval()
-    waves = _speech(speech_commands_root)
+    waves = trimmed_clips(speech_commands_root)
     lengths = torch.tensor([len(w) for w in waves])
     batch = torch.zeros(len(waves), int(lengths.max()))
     for k, w in enumerate(waves):
@@ -163,7 +156,7 @@ def test_mc_dropout_samples_the_two_seed_dropouts_only(speech_commands_root):
     torch.manual_seed(0)
     model = SECNNBiGRU(num_speakers=3, **SMALL).eval()
     assert [m.p for m in dropout_layers(model)] == [0.3, 0.3]  # after the CNN, on the statistics
-    wave = _speech(speech_commands_root, 1)[0][None]
+    wave = trimmed_clips(speech_commands_root, 1)[0][None]
     with mc_dropout(model):
         assert model.encoder.cnn_dropout.training and model.encoder.stats_dropout.training
         assert not model.encoder.gru.training and not model.encoder.bn.training  # GRU dropout, BN: eval

@@ -156,9 +156,9 @@ class CosineTripletLoss(nn.Module):
             if t.anchor.numel() == 0:
                 zero = embeddings.sum() * 0.0  # keeps the graph (DDP wants every parameter used)
                 return TripletStats(zero, zero.detach(), 0)
-            # Recompute s_an from the rows so that the gradient reaches the anchor and a local negative.
-            s_an = (embeddings[t.anchor] * batch.embeddings[t.negative]).sum(dim=-1)
-            hinge = F.relu(s_an - t.s_ap + self.margin)
+            # s_ap and s_an are entries of the similarity matrix: the gradient reaches the anchor,
+            # the positive and a negative of this rank (another rank's rows are detached).
+            hinge = F.relu(t.s_an - t.s_ap + self.margin)
             loss = hinge.mean() if self.reduction == "mean" else hinge.sum()
             prob_hard = (hinge.detach() > 0).float().mean()
         return TripletStats(loss, prob_hard, int(t.anchor.numel()))

@@ -16,6 +16,7 @@ the seed-002 cost estimate is for), each figure the median of ``--steps`` timed 
     python benchmarks/train_throughput.py --device cuda --batch 128
     python benchmarks/train_throughput.py --model SECNNBiGRU --threads 1
     python benchmarks/train_throughput.py --model ResCNN --baseline ECAPA-C1024   # seed 001, full size
+    python benchmarks/train_throughput.py --model ResNet50 --baseline SECNNBiGRU --seconds 3 --batch 30
 
 On a shared CPU, pin ``--threads`` to the cores that are really free: an oversubscribed
 OpenMP pool slows small kernels (the GRU's per-step products) by an order of magnitude.
@@ -40,6 +41,8 @@ MODELS = {
     "ECAPA-C1024": ("ECAPA", {}),  # speechbrain's VoxCeleb size, 14.7M parameters
     "ResCNN": ("DeepSpeaker", {"architecture": "rescnn"}),  # seed 001 Table 1, 24M parameters
     "GRU": ("DeepSpeaker", {"architecture": "gru"}),  # seed 001 Table 2, 23M parameters
+    "ResNet50": ("ResNetMFCC", {}),  # seed 004: 224-pixel MFCC images, stage2-4 frozen, 75M parameters
+    "ResNet50-full": ("ResNetMFCC", {"freeze": []}),  # the same, every layer training
 }
 
 

@@ -28,7 +28,8 @@ from speakerzoo.zoo.base import SpeakerEmbeddingModule
 
 DESCRIPTION = """speakerzoo: train, evaluate and use speaker recognition models.
 
-Subcommands: prepare (audio -> corpus file), embed (audio -> embeddings file),
+Subcommands: prepare (audio -> corpus file), chunk (corpus -> corpus of
+3/5/10 s chunks), embed (audio -> embeddings file),
 score (trials -> EER, minDCF, DET curve), verify (same speaker or not),
 identify (who of the enrolled speakers), export (TorchScript / ONNX),
 checkpoints (the registry): each has its own --help. fit, validate, test, predict
@@ -86,6 +87,7 @@ def run_lightning(argv: list[str] | None = None) -> None:
 #: ``speakerzoo NAME ...`` subcommands outside LightningCLI: module with ``main(argv) -> int``.
 COMMANDS = {
     "prepare": "speakerzoo.datamodules.prepare",
+    "chunk": "speakerzoo.datamodules.chunks",
     "embed": "speakerzoo.commands.embed",
     "score": "speakerzoo.commands.score",
     "export": "speakerzoo.commands.export",

@@ -111,6 +111,8 @@ PRESETS: dict[str, FeatureConfig] = {
     "fbank64": FeatureConfig(kind="fbank", n_mels=64, normalize="meanvar"),
     # Bird et al. (seed 000, §III-B): 26 MFCC from 25 ms windows with a 10 ms step.
     "mfcc26": FeatureConfig(kind="mfcc", n_mels=40, n_mfcc=26, normalize="none"),
+    # ResNet50 on MFCC images (seed 004, §3.1): 13 MFCC, the usual count; images are scaled per clip.
+    "mfcc13": FeatureConfig(kind="mfcc", n_mels=40, n_mfcc=13, normalize="none"),
     # SE-CNN-BiGRU (seed 002, §2.2): 64 log-mel, 50-8000 Hz, Hann 25/10 ms, -80 dB floor.
     "logmel64": FeatureConfig(kind="logmel", n_mels=64, f_min=50.0, f_max=8000.0, floor_db=-80.0, normalize="none"),
     # wav2vec2 and other raw-audio models.

@@ -6,7 +6,8 @@ Never imports ``speakerzoo.datamodules``; DataModules and models are linked by t
 from speakerzoo.zoo.base import InvalidCheckpointError, LoadReport, SpeakerEmbeddingModule
 from speakerzoo.zoo.deep_speaker import DeepSpeaker
 from speakerzoo.zoo.ecapa import ECAPA
-from speakerzoo.zoo.heads import AAMSoftmax
+from speakerzoo.zoo.heads import AAMSoftmax, SoftmaxHead
+from speakerzoo.zoo.resnet_mfcc import ResNetMFCC
 from speakerzoo.zoo.se_cnn_bigru import SECNNBiGRU
 from speakerzoo.zoo.registry import (
     ChecksumError,
@@ -26,7 +27,9 @@ __all__ = [
     "LoadReport",
     "RegistryEntry",
     "RegistryError",
+    "ResNetMFCC",
     "SECNNBiGRU",
+    "SoftmaxHead",
     "SpeakerEmbeddingModule",
     "UnknownCheckpointError",
     "load_registry",

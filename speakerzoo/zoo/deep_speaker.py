@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from speakerzoo.features import valid_mask
 from speakerzoo.zoo.base import SpeakerEmbeddingModule
+from speakerzoo.zoo.heads import SoftmaxHead
 from speakerzoo.zoo.triplet import CosineTripletLoss
 
 CLIP = 20.0
@@ -195,24 +196,6 @@ class DeepSpeakerEncoder(nn.Module):
         return self.affine(masked_mean(h, lengths))
 
 
-class SoftmaxHead(nn.Module):
-    """The pre-training classifier (§3.4): a linear layer over the embedding, cross-entropy.
-
-    No bias: the logits of a length-normalised embedding are then those of the raw one divided by
-    its norm, so :meth:`DeepSpeaker.classify` on normalised embeddings ranks classes as training did.
-    """
-
-    def __init__(self, embedding_dim: int, num_classes: int):
-        super().__init__()
-        self.linear = nn.Linear(embedding_dim, num_classes, bias=False)
-
-    def forward(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.linear(embeddings)
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            loss = F.cross_entropy(logits.float(), labels.long())
-        return loss, logits
-
-
 class DeepSpeaker(SpeakerEmbeddingModule):
     """Deep Speaker embeddings (seed 001): ResCNN or GRU, softmax pre-training, cosine triplet fine-tuning.
 
@@ -278,7 +261,7 @@ class DeepSpeaker(SpeakerEmbeddingModule):
         self.final_lr, self.momentum = float(final_lr), float(momentum)
         self.encoder = DeepSpeakerEncoder(architecture, self.frontend.dim, width, blocks, gru_layers,
                                           self.embedding_dim)
-        self.head = SoftmaxHead(self.embedding_dim, self.num_speakers) if self.num_speakers else None
+        self.head = SoftmaxHead(self.embedding_dim, self.num_speakers, bias=False) if self.num_speakers else None
         self.triplet_loss = CosineTripletLoss(margin=margin, scope=mining)
         if loss == "triplet" and self.head is not None:
             # Unused by the triplet loss: frozen, so that DDP does not wait for its gradients.

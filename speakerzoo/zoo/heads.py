@@ -74,3 +74,35 @@ class AAMSoftmax(nn.Module):
 
     def extra_repr(self) -> str:
         return f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, margin={self.margin}, scale={self.scale}"
+
+
+class SoftmaxHead(nn.Module):
+    """A linear classifier over the embedding with cross-entropy (computed in float32).
+
+    Arguments:
+        embedding_dim, num_classes: input size and number of speakers.
+        bias: Deep Speaker's pre-training classifier (seed 001 §3.4) has none: the logits of a
+            length-normalised embedding are then those of the raw one divided by its norm, so
+            closed-set ranking on normalised embeddings matches training. The ResNet50 head
+            (seed 004, a Keras ``Dense``) has one.
+
+    ``forward(embeddings [B, D], labels [B])`` returns ``(loss, logits [B, C])``; ``linear`` gives
+    the logits alone.
+
+    Example::
+
+        >>> head = SoftmaxHead(embedding_dim=8, num_classes=3)
+        >>> loss, logits = head(torch.randn(4, 8), torch.tensor([0, 1, 2, 0]))
+        >>> loss.shape, logits.shape
+        (torch.Size([]), torch.Size([4, 3]))
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(embedding_dim, num_classes, bias=bias)
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.linear(embeddings)
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            loss = F.cross_entropy(logits.float(), labels.long())
+        return loss, logits

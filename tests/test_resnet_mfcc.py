@@ -251,3 +251,17 @@ def test_lightning_training_keeps_frozen_batchnorm_statistics(chunks_3s, tmp_pat
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert not torch.equal(before["backbone.embedder.embedder.normalization.running_mean"],
                            after["backbone.embedder.embedder.normalization.running_mean"])
+
+
+def test_freezing_random_stages_is_warned_about(tmp_path):
+    model = ResNetMFCC(num_speakers=2, **TINY)
+    with pytest.warns(UserWarning, match="random filters"):
+        model.setup("fit")
+    weights = tmp_path / "w"
+    ResNetForImageClassification(ResNetConfig(**TINY_BACKBONE)).save_pretrained(weights)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ResNetMFCC(num_speakers=2, pretrained=str(weights), **TINY).setup("fit")
+        ResNetMFCC(num_speakers=2, freeze=[], **TINY).setup("fit")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from transformers import ResNetConfig, ResNetModel
 
@@ -148,6 +149,14 @@ class ResNetMFCC(SpeakerEmbeddingModule):
             raise ValueError(
                 f"{path}: its ResNet layout differs from this model's backbone ({error}); set backbone to the "
                 f"directory's layout (its config.json) or use resnet-50 weights") from None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.frozen and self.pretrained is None and self.init_from is None:
+            rank_zero_warn(
+                f"ResNetMFCC: {', '.join(self.frozen)} are frozen but no pretrained weights were given, so they "
+                "stay random filters; give --model.init_args.pretrained DIR (ImageNet weights) or train "
+                "everything with --model.init_args.freeze '[]'")
 
     def train(self, mode: bool = True) -> "ResNetMFCC":
         super().train(mode)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
+
+import torch
 
 from speakerzoo.cli import main
 
@@ -25,3 +29,16 @@ def cli(*args: str) -> None:
     # LightningCLI warns when sys.argv (here pytest's) and args are both given.
     with mock.patch.object(sys, "argv", ["speakerzoo"]):
         main(list(args))
+
+
+def fit_ddp_on_two_cpu_processes(*args: str, root: Path, cwd: Path) -> dict:
+    """``speakerzoo fit ARGS...`` as two gloo processes through the real console entry point
+    and the ddp preset (SyncBatchNorm off: it is CUDA-only), logging under ``root``; asserts
+    success and returns the state of the ``last.ckpt`` written."""
+    cmd = [sys.executable, "-m", "speakerzoo.cli", "fit", *args, "-c", str(REPO / "configs/trainer/ddp.yaml"),
+           "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.sync_batchnorm=false",
+           f"--trainer.logger.init_args.save_dir={root}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return torch.load(next(Path(root).rglob("last.ckpt")), weights_only=True)

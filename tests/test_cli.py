@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -12,7 +9,7 @@ import lightning
 import pytest
 import torch
 
-from cli_run import REPO, SMALL, TINY, cli
+from cli_run import REPO, SMALL, TINY, cli, fit_ddp_on_two_cpu_processes
 from speakerzoo.datamodules import Corpus, SpeakerDataModule
 from speakerzoo.datamodules.toy import prepare_toy
 from speakerzoo.zoo import ECAPA, SpeakerEmbeddingModule
@@ -78,15 +75,9 @@ def test_resume_from_last_checkpoint_continues_the_epoch_count(toy, tmp_path):
 
 def test_ddp_on_two_cpu_processes(toy, tmp_path):
     """Two processes with gloo, through the real console entry point and the ddp preset."""
-    root = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "speakerzoo.cli", "fit", "-c", SMALL, "-c", str(REPO / "configs/trainer/ddp.yaml"),
-           *TINY, f"--data.init_args.corpus={toy}", "--trainer.accelerator=cpu", "--trainer.devices=2",
-           "--trainer.sync_batchnorm=false", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
-           f"--trainer.logger.init_args.save_dir={root}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    state = torch.load(next(root.rglob("last.ckpt")), weights_only=True)
+    state = fit_ddp_on_two_cpu_processes(
+        "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=3", root=tmp_path / "ddp", cwd=tmp_path)
     # 3 batches per rank; both ranks step together, so the global step is 3, not 6.
     assert state["global_step"] == 3
     # validation ran on both ranks and produced the monitored EER

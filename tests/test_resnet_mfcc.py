@@ -3,15 +3,11 @@ weights, checkpoints, and training through the CLI on real FSDD chunks (one proc
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from cli_run import QUIET, REPO, cli
+from cli_run import QUIET, REPO, cli, fit_ddp_on_two_cpu_processes
 from speakerzoo.zoo import ResNetMFCC, SpeakerEmbeddingModule
 from speakerzoo.zoo.mfcc_image import MFCCImage, colormap_table
 from speech_clips import trimmed_clips
@@ -214,16 +210,9 @@ def test_config_trains_through_the_cli_with_fast_dev_run(chunks_3s, tmp_path):
 def test_ddp_preset_on_two_cpu_processes(chunks_3s, tmp_path):
     """§6's multi-GPU training, as two gloo processes through the ddp preset: the closed-set
     validation accuracy of both ranks' chunks reaches the checkpoint callback."""
-    root = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "speakerzoo.cli", "fit", "-c", CONFIG, "-c", str(REPO / "configs/trainer/ddp.yaml"),
-           *TINY_CLI, *QUIET, f"--data.init_args.corpus={chunks_3s}", "--trainer.accelerator=cpu",
-           "--trainer.devices=2", "--trainer.sync_batchnorm=false",  # SyncBatchNorm is CUDA-only
-           "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-           f"--trainer.logger.init_args.save_dir={root}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    state = torch.load(next(root.rglob("last.ckpt")), weights_only=True)
+    state = fit_ddp_on_two_cpu_processes(
+        "-c", CONFIG, *TINY_CLI, *QUIET, f"--data.init_args.corpus={chunks_3s}", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2", root=tmp_path / "ddp", cwd=tmp_path)
     assert state["global_step"] == 2
     scores = [v["best_model_score"] for k, v in state["callbacks"].items() if "val/acc" in k]
     assert scores and 0.0 <= float(scores[0]) <= 1.0

@@ -53,7 +53,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from speakerzoo.argtypes import parse_or_exit_code, positive_int
-from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter
+from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter, cacheable_features
 from speakerzoo.datamodules.splits import PARTS
 from speakerzoo.features import PRESETS, FeatureConfig
 
@@ -177,17 +177,7 @@ def _check_options(source: Path, output: Path, seconds: float, tail: str, ratios
     if same:
         raise ValueError(f"{output}: the output is the source corpus itself; write the chunks to another file "
                          f"(e.g. {source.with_name(f'{source.stem}_{seconds:g}s{source.suffix}')})")
-    configs: list[FeatureConfig] = []
-    for spec in features:
-        try:
-            cfg = FeatureConfig.parse(spec)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"features: {err}") from None
-        if cfg.kind == "waveform":
-            raise ValueError("features: the waveform is always stored; cache a feature such as "
-                             f"{', '.join(k for k in PRESETS if k != 'waveform')}")
-        if cfg not in configs:
-            configs.append(cfg)
+    configs = cacheable_features(features)
     return ratios, configs
 
 

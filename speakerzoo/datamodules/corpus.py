@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from speakerzoo import __version__
 from speakerzoo.datamodules import splits as splitting
-from speakerzoo.features import FeatureConfig, Frontend
+from speakerzoo.features import PRESETS, FeatureConfig, Frontend
 from speakerzoo.h5file import AtomicH5Writer, created_timestamp
 
 FORMAT = "speakerzoo-corpus"
@@ -75,6 +75,23 @@ def to_pcm16(wave: np.ndarray) -> np.ndarray:
 
 def from_pcm16(pcm: np.ndarray) -> np.ndarray:
     return pcm.astype(np.float32) / 32768.0
+
+
+def cacheable_features(specs: Iterable[str | FeatureConfig | dict]) -> list[FeatureConfig]:
+    """The distinct feature configurations of ``specs`` (preset names, dicts or configs) that a
+    corpus can cache; ``ValueError`` names a bad one (raw waveforms are stored anyway)."""
+    configs: list[FeatureConfig] = []
+    for spec in specs:
+        try:
+            cfg = FeatureConfig.parse(spec)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"features: {err}") from None
+        if cfg.kind == "waveform":
+            raise ValueError("features: the waveform is always stored; cache a feature such as "
+                             f"{', '.join(k for k in PRESETS if k != 'waveform')}")
+        if cfg not in configs:
+            configs.append(cfg)
+    return configs
 
 
 class CorpusWriter(AtomicH5Writer):

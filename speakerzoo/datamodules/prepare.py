@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 
 from speakerzoo.argtypes import non_negative_int, parse_or_exit_code, positive_int
 from speakerzoo.audio import AudioError, condition, read_audio
-from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter, single_torch_thread, to_pcm16
+from speakerzoo.datamodules.corpus import (
+    Corpus, CorpusError, CorpusWriter, cacheable_features, single_torch_thread, to_pcm16)
 from speakerzoo.datamodules.splits import MODES, PARTS
 from speakerzoo.datamodules.sources import SOURCES, SourceError, Utterance
 from speakerzoo.features import PRESETS, FeatureConfig
@@ -243,18 +244,10 @@ def _check_settings(sample_rate, ratios, features, workers, max_trial_anchors) -
         raise PrepareError(f"workers must be 0 (decode in this process) or more, not {workers}")
     if max_trial_anchors is not None and int(max_trial_anchors) < 1:
         raise PrepareError(f"max trial anchors must be at least 1, not {max_trial_anchors}")
-    configs = []
-    for spec in features:
-        try:
-            cfg = FeatureConfig.parse(spec)
-        except (ValueError, TypeError) as err:
-            raise PrepareError(f"features: {err}") from None
-        if cfg.kind == "waveform":
-            raise PrepareError("features: the waveform is always stored; cache a feature such as "
-                               f"{', '.join(k for k in PRESETS if k != 'waveform')}")
-        if cfg not in configs:
-            configs.append(cfg)
-    return configs
+    try:
+        return cacheable_features(features)
+    except ValueError as err:
+        raise PrepareError(str(err)) from None
 
 
 def prepare(

@@ -254,3 +254,31 @@ def test_freezing_random_stages_is_warned_about(tmp_path):
         warnings.simplefilter("error")
         ResNetMFCC(num_speakers=2, pretrained=str(weights), **TINY).setup("fit")
         ResNetMFCC(num_speakers=2, freeze=[], **TINY).setup("fit")
+
+
+@pytest.mark.slow
+def test_input_images_reach_tensorboard(chunks_3s, tmp_path):
+    """The InputImages callback writes the MFCC pictures of the first validation batch, tagged
+    by speaker, exactly as the model draws them."""
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from speakerzoo.callbacks import InputImages
+    from speakerzoo.datamodules import SpeakerDataModule
+
+    data = SpeakerDataModule(str(chunks_3s), split="utterance", crop_seconds=3.0, speakers_per_batch=6,
+                             utterances_per_speaker=1, num_workers=0, eval_batch_size=8)
+    model = ResNetMFCC(num_speakers=data.num_speakers, freeze=[], **TINY)
+    logger = TensorBoardLogger(tmp_path, name="tb", version="v")
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+                        num_sanity_val_steps=0, logger=logger, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[InputImages(max_images=3)])
+    trainer.fit(model, datamodule=data)
+    events = EventAccumulator(str(tmp_path / "tb" / "v"), size_guidance={"images": 0})
+    events.Reload()
+    tags = sorted(events.Tags()["images"])
+    assert len(tags) == 3 and all(t.startswith("val/input_images/") for t in tags)
+    assert {t.rsplit("_", 1)[-1] for t in tags} <= set(data.speaker_names)
+    image = events.Images(tags[0])[0]
+    assert (image.width, image.height) == (64, 64)

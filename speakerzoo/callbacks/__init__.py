@@ -52,6 +52,7 @@ from speakerzoo.callbacks.classification import (
 from speakerzoo.callbacks.common import TensorBoardCallback, render, tensorboard_writer
 from speakerzoo.callbacks.confusion import confusion_figure, most_confused
 from speakerzoo.callbacks.histograms import WeightHistograms, histogram
+from speakerzoo.callbacks.images import InputImages
 from speakerzoo.callbacks.projector import EmbeddingProjector, stratified_sample
 from speakerzoo.callbacks.verification import VerificationPlots, det_figure
 
@@ -60,6 +61,7 @@ __all__ = [
     "ClassificationResult",
     "ClosedSetMetrics",
     "EmbeddingProjector",
+    "InputImages",
     "TensorBoardCallback",
     "VerificationPlots",
     "WeightHistograms",

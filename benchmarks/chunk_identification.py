@@ -7,9 +7,10 @@ system trains through the shipped configs with the CLI; its best checkpoint by v
 is tested on the held-out chunks: closed-set accuracy and macro F1 of its classifier, and the EER
 of cosine trials between the test chunks' embeddings.
 
-* ``resnet50_frozen``: ``configs/resnet50_mfcc.yaml`` as shipped (stage2-4 frozen, as the seed);
-* ``resnet50_full``: the same with nothing frozen (without ImageNet weights, the frozen stages of
-  the shipped config are random filters);
+* ``resnet50_full``: ``configs/resnet50_mfcc.yaml`` as shipped (no ImageNet weights can be had
+  here, so every layer trains);
+* ``resnet50_frozen``: the same with the seed's freezing (stage2-4 frozen), which without ImageNet
+  weights leaves random filters in the middle of the network;
 * ``se_cnn_bigru``: ``configs/se_cnn_bigru.yaml`` with the ``configs/data/fsdd_chunks_3s.yaml`` overlay.
 
     python benchmarks/chunk_identification.py                      # trains what is missing, then tests
@@ -35,9 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: system -> (logger name, logger version, config arguments)
 SYSTEMS = {
-    "resnet50_frozen": ("resnet50_mfcc", "frozen", ["-c", "configs/resnet50_mfcc.yaml", "--trainer.precision=bf16-mixed"]),
-    "resnet50_full": ("resnet50_mfcc", "full", ["-c", "configs/resnet50_mfcc.yaml", "--trainer.precision=bf16-mixed",
-                                                "--model.init_args.freeze=[]"]),
+    "resnet50_frozen": ("resnet50_mfcc", "frozen", ["-c", "configs/resnet50_mfcc.yaml", "--trainer.precision=bf16-mixed",
+                                                    "--model.init_args.freeze=[stage2,stage3,stage4]"]),
+    "resnet50_full": ("resnet50_mfcc", "full", ["-c", "configs/resnet50_mfcc.yaml", "--trainer.precision=bf16-mixed"]),
     "se_cnn_bigru": ("se_cnn_bigru", "default", ["-c", "configs/se_cnn_bigru.yaml", "-c", "configs/data/fsdd_chunks_3s.yaml"]),
 }
 

@@ -27,12 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from runs import REPO, best_checkpoint, fit_once, test_checkpoint
+
 
 #: system -> (logger name, logger version, config arguments)
 SYSTEMS = {
@@ -59,38 +58,22 @@ def run_dir(root: Path, system: str) -> Path:
 
 
 def train(system: str, corpus: Path, args: argparse.Namespace, threads: int) -> None:
-    if (run_dir(args.root, system) / "last.ckpt").is_file():
-        return
     name, version, config = SYSTEMS[system]
     seconds = f"{args.seconds:g}"
-    cmd = [sys.executable, "-m", "speakerzoo.cli", "fit", *config, f"--data.init_args.corpus={corpus}",
-           f"--data.init_args.crop_seconds={seconds}", f"--data.init_args.eval_max_seconds={seconds}",
-           f"--trainer.logger.init_args.save_dir={args.root}", f"--trainer.logger.init_args.name={name}",
-           f"--trainer.logger.init_args.version={version}", "--trainer.enable_progress_bar=false",
-           *[f"--{k}" for k in args.extra]]
-    args.root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    with open(args.root / f"{system}.log", "w") as log:
-        subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    fit_once([*config, f"--data.init_args.corpus={corpus}", f"--data.init_args.crop_seconds={seconds}",
+              f"--data.init_args.eval_max_seconds={seconds}", f"--trainer.logger.init_args.save_dir={args.root}",
+              f"--trainer.logger.init_args.name={name}", f"--trainer.logger.init_args.version={version}",
+              *[f"--{k}" for k in args.extra]],
+             run_dir(args.root, system), args.root / f"{system}.log", threads)
 
 
 def test(system: str, corpus: Path, args: argparse.Namespace) -> dict[str, float]:
-    import lightning as L
-
     from speakerzoo.callbacks import ClassificationMetrics
-    from speakerzoo.datamodules import SpeakerDataModule
-    from speakerzoo.zoo import SpeakerEmbeddingModule
 
-    found = sorted(run_dir(args.root, system).glob("best-*.ckpt"))
-    if not found:
-        raise FileNotFoundError(f"no best-*.ckpt in {run_dir(args.root, system)}; train {system} first")
-    model = SpeakerEmbeddingModule.from_pretrained(found[-1])
-    data = SpeakerDataModule(str(corpus), split="utterance", eval_max_seconds=args.seconds, num_workers=0)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[ClassificationMetrics()])
-    metrics = {k: float(v) for k, v in trainer.test(model, datamodule=data, verbose=False)[0].items()}
-    metrics["checkpoint"] = str(found[-1].relative_to(args.root))
-    metrics["parameters"] = sum(p.numel() for p in model.parameters())
+    checkpoint = best_checkpoint(run_dir(args.root, system))
+    metrics = test_checkpoint(checkpoint, corpus, split="utterance", eval_max_seconds=args.seconds,
+                              callbacks=[ClassificationMetrics()])
+    metrics["checkpoint"] = str(checkpoint.relative_to(args.root))
     return metrics
 
 

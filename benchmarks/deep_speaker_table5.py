@@ -30,7 +30,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from runs import REPO, best_checkpoint, fit_once, test_checkpoint
+
 ARCHS = ("rescnn", "gru")
 SYSTEMS = ("softmax", "triplet_only", "triplet")  # "triplet" = softmax pre-training + triplet
 
@@ -58,34 +59,15 @@ def last(root: Path, arch: str, system: str) -> Path:
 
 
 def best(root: Path, arch: str, system: str) -> Path:
-    found = sorted(run_dir(root, arch, system).glob("best-*.ckpt"))
-    if not found:
-        raise FileNotFoundError(f"no best-*.ckpt in {run_dir(root, arch, system)}; train it first")
-    return found[-1]
+    return best_checkpoint(run_dir(root, arch, system))
 
 
 def train(arch: str, system: str, root: Path, args: argparse.Namespace, threads: int) -> None:
-    if last(root, arch, system).is_file():
-        return
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    log = root / f"{arch}_{system}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "speakerzoo.cli", "fit", *config_args(arch, system, root, args),
-           "--trainer.enable_progress_bar=false"]
-    with open(log, "w") as out:
-        subprocess.run(cmd, check=True, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    fit_once(config_args(arch, system, root, args), run_dir(root, arch, system), root / f"{arch}_{system}.log", threads)
 
 
 def test(checkpoint: Path, corpus: Path) -> dict[str, float]:
-    import lightning as L
-
-    from speakerzoo.datamodules import SpeakerDataModule
-    from speakerzoo.zoo import SpeakerEmbeddingModule
-
-    model = SpeakerEmbeddingModule.from_pretrained(checkpoint)
-    data = SpeakerDataModule(str(corpus), split="speaker", eval_max_seconds=1.0, num_workers=0)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    return {k: float(v) for k, v in trainer.test(model, datamodule=data, verbose=False)[0].items()}
+    return test_checkpoint(checkpoint, corpus, split="speaker", eval_max_seconds=1.0)
 
 
 def score(*argv: str) -> dict:

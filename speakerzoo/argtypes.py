@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Callable
 
 
 def number_at_least(kind: type, low: float, strict: bool = False) -> Callable[[str], float]:
-    """An argparse ``type=`` that parses ``kind`` and refuses values below ``low`` (or equal, if ``strict``)."""
+    """An argparse ``type=`` that parses ``kind`` and refuses values below ``low`` (or equal, if
+    ``strict``), and NaN and infinities (``float("nan")`` would pass every comparison)."""
     def parse(text: str):
         value = kind(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number: {text}")
         if value < low or (strict and value == low):
             bound = f"greater than {low}" if strict else f"at least {low}"
             raise argparse.ArgumentTypeError(f"must be {bound}: {text}")
@@ -22,6 +26,7 @@ def number_at_least(kind: type, low: float, strict: bool = False) -> Callable[[s
 positive_int = number_at_least(int, 0, strict=True)
 non_negative_int = number_at_least(int, 0)
 positive_float = number_at_least(float, 0, strict=True)
+non_negative_float = number_at_least(float, 0)
 
 
 def parse_or_exit_code(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:

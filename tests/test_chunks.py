@@ -290,7 +290,10 @@ def test_datamodule_trains_on_the_chunks(fsdd_3s, fsdd_source):
 # -- long recordings, noise clips and errors (a small synthetic corpus) ---------------------------------
 
 
-def test_long_recordings_are_cut_alone_and_noise_is_copied_whole(tmp_path):
+@pytest.mark.parametrize("read_whole", [None, 10000])  # 10000: the 20000, 17000, 11000 ones are read in pieces
+def test_long_recordings_are_cut_alone_and_noise_is_copied_whole(tmp_path, monkeypatch, read_whole):
+    if read_whole is not None:
+        monkeypatch.setattr(chunks, "_READ_WHOLE_SAMPLES", read_whole)
     # 8 kHz; chunks of 1 s = 8000 samples; the median utterance (2.5 s) is longer, so auto = no join
     src = _write_synthetic(tmp_path / "long.h5", [("ann", 20000), (None, 3000), ("bob", 8000), ("ann", 9000),
                                                  ("bob", 17000), (None, 11000)])

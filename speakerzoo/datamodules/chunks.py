@@ -48,13 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
-import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from speakerzoo.argtypes import parse_or_exit_code, positive_int
+from speakerzoo.argtypes import non_negative_float, parse_or_exit_code, positive_float, positive_int
 from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter, cacheable_features
-from speakerzoo.datamodules.splits import PARTS
+from speakerzoo.datamodules.splits import PARTS, check_ratios
 from speakerzoo.features import PRESETS, FeatureConfig
 
 __all__ = ["Chunk", "plan_chunks", "chunk_corpus", "build_parser", "main", "TAILS"]
@@ -163,10 +162,7 @@ def _check_options(source: Path, output: Path, seconds: float, tail: str, ratios
         raise ValueError(f"chunk length must be a positive number of seconds, not {seconds!r} (e.g. 3, 5 or 10)")
     if tail not in TAILS:
         raise ValueError(f"tail must be 'keep' (short last chunks) or 'drop' (only full-length chunks), not {tail!r}")
-    ratios = tuple(float(r) for r in ratios)
-    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0 or ratios[0] <= 0:
-        raise ValueError(f"split ratios must be three non-negative numbers (train val test) with train > 0, "
-                         f"not {list(ratios)}")
+    ratios = check_ratios(ratios)
     if max_trial_anchors is not None and int(max_trial_anchors) < 1:
         raise ValueError(f"max trial anchors must be at least 1, not {max_trial_anchors}")
     if output.is_dir():
@@ -182,18 +178,17 @@ def _check_options(source: Path, output: Path, seconds: float, tail: str, ratios
 
 
 class _PcmReader:
-    """Reads source int16 PCM exactly as stored, one h5py read per utterance where it is short."""
+    """Reads source int16 PCM exactly as stored, one read per utterance where it is short."""
 
-    def __init__(self, audio: h5py.Dataset, offsets: np.ndarray):
-        self.audio, self.offsets = audio, offsets
+    def __init__(self, corpus: Corpus):
+        self.corpus = corpus
         self._index, self._pcm = -1, np.zeros(0, np.int16)
 
     def __call__(self, u: int, start: int, stop: int) -> np.ndarray:
-        lo, hi = int(self.offsets[u]), int(self.offsets[u + 1])
-        if hi - lo > _READ_WHOLE_SAMPLES:
-            return self.audio[lo + start:lo + stop]
+        if int(self.corpus.num_samples[u]) > _READ_WHOLE_SAMPLES:
+            return self.corpus.pcm(u, start, stop)
         if u != self._index:  # all pieces of an utterance are consecutive in the plan
-            self._index, self._pcm = u, self.audio[lo:hi]
+            self._index, self._pcm = u, self.corpus.pcm(u)
         return self._pcm[start:stop]
 
 
@@ -289,8 +284,8 @@ def chunk_corpus(
         bar = tqdm(total=len(chunks) + len(noise), desc="chunking", unit="chunk", disable=not progress,
                    dynamic_ncols=True)
         try:
-            with h5py.File(source, "r") as h5, CorpusWriter(output, rate, settings=settings) as writer:
-                read = _PcmReader(h5["audio"], corpus.offsets)
+            with CorpusWriter(output, rate, settings=settings) as writer:
+                read = _PcmReader(corpus)
                 counter: dict[int, int] = {}
                 for chunk in chunks:
                     k = counter.get(chunk.speaker, 0)
@@ -320,23 +315,6 @@ def chunk_corpus(
 _EXAMPLE = "speakerzoo chunk data/fsdd.h5 --seconds 3 --output data/fsdd_3s.h5"
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"a ratio must be a non-negative number: {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speakerzoo chunk",
@@ -353,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("corpus", type=Path, metavar="CORPUS.h5", help="prepared corpus to cut (speakerzoo prepare)")
-    parser.add_argument("--seconds", type=_seconds, required=True, metavar="S",
+    parser.add_argument("--seconds", type=positive_float, required=True, metavar="S",
                         help="chunk length in seconds, e.g. 3, 5 or 10 (required)")
     parser.add_argument("--output", "-o", type=Path, required=True, metavar="OUT.h5",
                         help="corpus file to write (required; not the input)")
@@ -362,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "join when the median utterance is shorter than a chunk (auto, the default)")
     parser.add_argument("--tail", choices=TAILS, default="keep",
                         help="keep the last piece shorter than a chunk as a short chunk, or drop it (default: keep)")
-    parser.add_argument("--split-ratios", nargs=3, type=_ratio, default=[0.7, 0.15, 0.15],
+    parser.add_argument("--split-ratios", nargs=3, type=non_negative_float, default=[0.7, 0.15, 0.15],
                         metavar=("TRAIN", "VAL", "TEST"),
                         help="proportions of the train/val/test parts, by chunk and by speaker (default: 0.7 0.15 0.15)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and trials (default: 0)")

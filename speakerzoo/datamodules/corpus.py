@@ -353,13 +353,17 @@ class Corpus:
         return self._trials[f"{key}/pairs"], self._trials[f"{key}/ident"]
 
     # -- data --------------------------------------------------------------------------------
-    def audio(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Float32 samples ``[start:stop]`` of utterance ``i``."""
+    def pcm(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Int16 samples ``[start:stop]`` of utterance ``i``, exactly as stored."""
         lo = int(self.offsets[i])
         hi = int(self.offsets[i + 1])
         a, b = lo + start, hi if stop is None else min(lo + stop, hi)
         src = self._audio_cache if self._audio_cache is not None else self._file()["audio"]
-        return from_pcm16(src[a:b])
+        return src[a:b]
+
+    def audio(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Float32 samples ``[start:stop]`` of utterance ``i``."""
+        return from_pcm16(self.pcm(i, start, stop))
 
     def features(self, key: str, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Cached feature frames ``[start:stop]`` of utterance ``i`` (``[frames, dim]``)."""

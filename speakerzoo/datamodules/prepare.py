@@ -46,11 +46,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from speakerzoo.argtypes import non_negative_int, parse_or_exit_code, positive_int
+from speakerzoo.argtypes import non_negative_float, non_negative_int, parse_or_exit_code, positive_int
 from speakerzoo.audio import AudioError, condition, read_audio
 from speakerzoo.datamodules.corpus import (
     Corpus, CorpusError, CorpusWriter, cacheable_features, single_torch_thread, to_pcm16)
-from speakerzoo.datamodules.splits import MODES, PARTS
+from speakerzoo.datamodules.splits import MODES, PARTS, check_ratios
 from speakerzoo.datamodules.sources import SOURCES, SourceError, Utterance
 from speakerzoo.features import PRESETS, FeatureConfig
 
@@ -236,10 +236,10 @@ def _decoded(paths: list[str], workers: int, **kwargs) -> Iterator[tuple]:
 def _check_settings(sample_rate, ratios, features, workers, max_trial_anchors) -> list[FeatureConfig]:
     if int(sample_rate) <= 0:
         raise PrepareError(f"sample rate must be positive, not {sample_rate}")
-    ratios = tuple(float(r) for r in ratios)
-    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0 or ratios[0] <= 0:
-        raise PrepareError(f"split ratios must be three non-negative numbers (train val test) with train > 0, "
-                           f"not {list(ratios)}")
+    try:
+        check_ratios(ratios)
+    except ValueError as err:
+        raise PrepareError(str(err)) from None
     if int(workers) < 0:
         raise PrepareError(f"workers must be 0 (decode in this process) or more, not {workers}")
     if max_trial_anchors is not None and int(max_trial_anchors) < 1:
@@ -425,13 +425,6 @@ _EXAMPLES = {
 _TOY_EXAMPLE = "speakerzoo prepare toy --output corpora/toy.h5 --speakers 40 --utterances 24 --features fbank80"
 
 
-def _ratio(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a ratio cannot be negative: {text}")
-    return value
-
-
 def _feature_help() -> str:
     names = [k for k in PRESETS if k != "waveform"]
     return f"feature presets to cache beside the audio ({', '.join(names)}); default: none"
@@ -463,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--trim-silence", action="store_true",
                       help="cut silences longer than 200 ms (frames 40 dB below the loudest), keeping 100 ms margins")
     opts.add_argument("--features", nargs="+", default=[], metavar="NAME", help=_feature_help())
-    opts.add_argument("--split-ratios", nargs=3, type=_ratio, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
+    opts.add_argument("--split-ratios", nargs=3, type=non_negative_float, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
                       help="proportions of the train/val/test parts, by utterance and by speaker (default: 0.7 0.15 0.15)")
     opts.add_argument("--seed", type=int, default=0, help="seed of the splits and trials (default: 0)")
     opts.add_argument("--strict", action="store_true", help="stop at the first unusable file instead of skipping it")

@@ -22,6 +22,16 @@ PARTS = ("train", "val", "test")
 MODES = ("utterance", "speaker")
 
 
+def check_ratios(ratios) -> tuple[float, float, float]:
+    """``ratios`` as three floats (train, val, test); ``ValueError`` unless they are finite, not
+    negative, and train is positive."""
+    values = tuple(float(r) for r in ratios)
+    if len(values) != 3 or not all(np.isfinite(values)) or min(values) < 0 or values[0] <= 0:
+        raise ValueError(f"split ratios must be three non-negative numbers (train val test) with train > 0, "
+                         f"not {list(values)}")
+    return values
+
+
 def _allocate(n: int, ratios: tuple[float, float, float], rng: np.random.Generator) -> list[int]:
     """Split ``n`` items into three counts proportional to ``ratios`` (largest remainder).
 

@@ -25,9 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: ImageNet channel statistics that torchvision-style pretrained ResNets expect.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def colormap_table(name: str, entries: int = 256) -> Tensor:

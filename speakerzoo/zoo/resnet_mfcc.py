@@ -27,10 +27,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from transformers import ResNetConfig, ResNetModel
+from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from speakerzoo.zoo.base import SpeakerEmbeddingModule
 from speakerzoo.zoo.heads import SoftmaxHead
-from speakerzoo.zoo.mfcc_image import IMAGENET_MEAN, IMAGENET_STD, MFCCImage
+from speakerzoo.zoo.mfcc_image import MFCCImage
 
 #: Names of the backbone parts that ``freeze`` may list (transformers' stage names).
 STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
@@ -94,8 +95,8 @@ class ResNetMFCC(SpeakerEmbeddingModule):
             raise ValueError(f"pooling must be 'flatten' or 'avg', not {pooling!r}")
         self.image = MFCCImage(image_size, colormap)
         self.imagenet_normalize = bool(imagenet_normalize)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
         self.backbone = ResNetModel(ResNetConfig(**(backbone or {})))
         self.pretrained = None if pretrained is None else str(pretrained)
         if self.pretrained:

@@ -1,0 +1,50 @@
+"""What the experiment runners in this folder share: train a system through the CLI once, find its
+best checkpoint, and test a checkpoint on a corpus. Import it from a script in this folder
+(``python benchmarks/NAME.py`` puts the folder on ``sys.path``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fit_once(args: list[str], checkpoints: Path, log: Path, threads: int) -> None:
+    """``speakerzoo fit ARGS`` in a subprocess with ``threads`` OpenMP threads, its output in ``log``;
+    skipped when ``checkpoints/last.ckpt`` exists (the system is trained)."""
+    if (checkpoints / "last.ckpt").is_file():
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "speakerzoo.cli", "fit", *args, "--trainer.enable_progress_bar=false"]
+    with open(log, "w") as out:
+        subprocess.run(cmd, check=True, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def best_checkpoint(checkpoints: Path) -> Path:
+    """The newest ``best-*.ckpt`` in ``checkpoints``."""
+    found = sorted(checkpoints.glob("best-*.ckpt"))
+    if not found:
+        raise FileNotFoundError(f"no best-*.ckpt in {checkpoints}; train it first")
+    return found[-1]
+
+
+def test_checkpoint(checkpoint: Path, corpus: Path, split: str, eval_max_seconds: float,
+                    callbacks: list | None = None) -> dict[str, float]:
+    """``trainer.test`` of the model in ``checkpoint`` on the test part of ``corpus`` (CPU); the
+    logged metrics, and the model's ``parameters`` count."""
+    import lightning as L
+
+    from speakerzoo.datamodules import SpeakerDataModule
+    from speakerzoo.zoo import SpeakerEmbeddingModule
+
+    model = SpeakerEmbeddingModule.from_pretrained(checkpoint)
+    data = SpeakerDataModule(str(corpus), split=split, eval_max_seconds=eval_max_seconds, num_workers=0)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=callbacks or [])
+    metrics = {k: float(v) for k, v in trainer.test(model, datamodule=data, verbose=False)[0].items()}
+    metrics["parameters"] = sum(p.numel() for p in model.parameters())
+    return metrics

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -24,7 +24,6 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 # them by class name alone (``class_path: ECAPA``).
 import speakerzoo.datamodules  # noqa: F401
 import speakerzoo.zoo  # noqa: F401
-from speakerzoo.zoo.base import SpeakerEmbeddingModule
 
 DESCRIPTION = """speakerzoo: train, evaluate and use speaker recognition models.
 
@@ -74,7 +73,7 @@ def run_lightning(argv: list[str] | None = None) -> None:
     """LightningCLI on ``argv`` (``None``: ``sys.argv``, which keeps LightningCLI from warning
     that it was given both)."""
     SpeakerZooCLI(
-        SpeakerEmbeddingModule,
+        LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -5,5 +5,6 @@ Never imports ``speakerzoo.zoo``; DataModules and models are linked by the CLI.
 
 from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter
 from speakerzoo.datamodules.datamodule import SpeakerDataModule
+from speakerzoo.datamodules.frames import FrameDataModule
 
-__all__ = ["Corpus", "CorpusError", "CorpusWriter", "SpeakerDataModule"]
+__all__ = ["Corpus", "CorpusError", "CorpusWriter", "FrameDataModule", "SpeakerDataModule"]

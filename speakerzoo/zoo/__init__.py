@@ -6,6 +6,7 @@ Never imports ``speakerzoo.datamodules``; DataModules and models are linked by t
 from speakerzoo.zoo.base import InvalidCheckpointError, LoadReport, SpeakerEmbeddingModule
 from speakerzoo.zoo.deep_speaker import DeepSpeaker
 from speakerzoo.zoo.ecapa import ECAPA
+from speakerzoo.zoo.frame_dnn import FrameDNN
 from speakerzoo.zoo.heads import AAMSoftmax, SoftmaxHead
 from speakerzoo.zoo.resnet_mfcc import ResNetMFCC
 from speakerzoo.zoo.se_cnn_bigru import SECNNBiGRU
@@ -23,6 +24,7 @@ __all__ = [
     "ChecksumError",
     "DeepSpeaker",
     "ECAPA",
+    "FrameDNN",
     "InvalidCheckpointError",
     "LoadReport",
     "RegistryEntry",

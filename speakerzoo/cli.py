@@ -28,7 +28,8 @@ import speakerzoo.zoo  # noqa: F401
 DESCRIPTION = """speakerzoo: train, evaluate and use speaker recognition models.
 
 Subcommands: prepare (audio -> corpus file), chunk (corpus -> corpus of
-3/5/10 s chunks), embed (audio -> embeddings file),
+3/5/10 s chunks), synthesize (one speaker's synthetic
+MFCC frames from a char-LSTM or GPT-2), embed (audio -> embeddings file),
 score (trials -> EER, minDCF, DET curve), verify (same speaker or not),
 identify (who of the enrolled speakers), export (TorchScript / ONNX),
 checkpoints (the registry): each has its own --help. fit, validate, test, predict
@@ -87,6 +88,7 @@ def run_lightning(argv: list[str] | None = None) -> None:
 COMMANDS = {
     "prepare": "speakerzoo.datamodules.prepare",
     "chunk": "speakerzoo.datamodules.chunks",
+    "synthesize": "speakerzoo.commands.synthesize",
     "embed": "speakerzoo.commands.embed",
     "score": "speakerzoo.commands.score",
     "export": "speakerzoo.commands.export",

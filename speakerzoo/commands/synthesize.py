@@ -1,0 +1,235 @@
+"""``speakerzoo synthesize``: synthetic MFCC frames of one speaker from a char-LSTM or GPT-2 (seed 000 §III-A).
+
+The recipe of Bird et al.: the subject's real frames are written as text, one frame per line
+(26 values and the class, :func:`~speakerzoo.frame_text.frames_to_text`), a character-level
+generator (:class:`~speakerzoo.zoo.text_generator.TextGenerator`) learns that text, and new text
+is sampled in independent blocks of 1,000 characters; each block loses its cut final line and
+every malformed line (:func:`~speakerzoo.frame_text.parse_block`), and what is left are the
+synthetic frames, written to a frame file (:func:`~speakerzoo.datamodules.frames.write_frame_file`)
+that a :class:`~speakerzoo.datamodules.frames.FrameDataModule` adds to its training part.
+
+Only the subject's *training* utterances are written as text, so no test frame can leak into
+the generator. The generator's training curve goes to TensorBoard (``train/loss``,
+``val/loss`` on the last tenth of the text) and :func:`train_generator` returns it per epoch,
+which is what the paper's Table II reports (best loss and its epoch).
+
+Example::
+
+    speakerzoo synthesize data/fsdd8k.h5 --subject george --subject-utterances 60 \\
+        --generator lstm --frames 10000 --output data/george_lstm.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from speakerzoo.argtypes import parse_or_exit_code, positive_float, positive_int
+from speakerzoo.datamodules.corpus import CorpusError
+from speakerzoo.datamodules.frames import SUBJECT, FrameDataModule, FrameFileError, write_frame_file
+from speakerzoo.frame_text import frames_to_text, parse_block
+from speakerzoo.zoo.text_generator import ARCHITECTURES, TextGenerator, text_windows
+
+__all__ = ["EpochLosses", "SampledFrames", "train_generator", "sample_frames", "synthesize", "main"]
+
+
+class EpochLosses(Callback):
+    """Keeps every epoch's ``train/loss`` and ``val/loss`` (Table II: the best loss and its epoch)."""
+
+    def __init__(self):
+        self.train: list[float] = []
+        self.val: list[float] = []
+
+    def on_train_epoch_end(self, trainer, module) -> None:  # after this epoch's validation
+        metrics = trainer.callback_metrics
+        self.train.append(float(metrics["train/loss"]))
+        if "val/loss" in metrics:
+            self.val.append(float(metrics["val/loss"]))
+
+    def best(self, which: str = "train") -> tuple[float, int]:
+        """``(lowest loss, its epoch counted from 1)``."""
+        losses = getattr(self, which)
+        epoch = int(np.argmin(losses))
+        return losses[epoch], epoch + 1
+
+
+def _split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """The text cut at a line break: the first ``1 - val_fraction`` to train, the rest to validate."""
+    lines = text.splitlines(keepends=True)
+    cut = len(lines) - max(1, int(round(len(lines) * val_fraction))) if val_fraction > 0 else len(lines)
+    return "".join(lines[:cut]), "".join(lines[cut:])
+
+
+def train_generator(text: str, architecture: str = "lstm", *, lstm_units: int = 128, lstm_layers: int = 1,
+                    gpt2: dict | None = None, pretrained: str | None = None, epochs: int = 20,
+                    seq_len: int = 100, batch_size: int = 64, lr: float = 2e-3, val_fraction: float = 0.1,
+                    seed: int = 0, logger=False, progress: bool = False,
+                    accelerator: str = "auto") -> tuple[TextGenerator, EpochLosses]:
+    """Train a :class:`TextGenerator` on ``text`` for ``epochs`` passes over its windows of
+    ``seq_len`` tokens; returns the generator and its per-epoch losses."""
+    lightning.seed_everything(seed, verbose=False)
+    train_text, val_text = _split_text(text, val_fraction)
+    generator = TextGenerator(architecture, alphabet=text, lstm_units=lstm_units, lstm_layers=lstm_layers,
+                              gpt2=gpt2, pretrained=pretrained, lr=lr)
+    loaders = {}
+    for name, part in (("train", train_text), ("val", val_text)):
+        if part:
+            windows = text_windows(generator.encode(part), seq_len, stride=seq_len if name == "val" else None)
+            loaders[name] = DataLoader(windows, batch_size=batch_size, shuffle=name == "train")
+    losses = EpochLosses()
+    trainer = lightning.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=logger,
+                                callbacks=[losses], enable_checkpointing=False, enable_progress_bar=progress,
+                                enable_model_summary=False, num_sanity_val_steps=0,
+                                log_every_n_steps=max(1, min(50, len(loaders["train"]))))
+    trainer.fit(generator, loaders["train"], loaders.get("val"))
+    return generator.cpu().eval(), losses
+
+
+@dataclass(frozen=True)
+class SampledFrames:
+    """Frames read back from sampled blocks, with what was dropped on the way."""
+
+    frames: np.ndarray
+    blocks: int
+    malformed: int
+    cut: int
+
+    @property
+    def kept_per_block(self) -> float:
+        return len(self.frames) / max(self.blocks, 1)
+
+
+def sample_frames(generator: TextGenerator, num_frames: int, dim: int = 26, label: int = SUBJECT,
+                  block_chars: int = 1000, temperature: float = 1.0, seed: int = 0, batch_size: int = 64,
+                  max_blocks: int | None = None, progress: bool = False) -> SampledFrames:
+    """Sample blocks until ``num_frames`` well-formed frames of class ``label`` are read back (the
+    first ``num_frames`` are kept). Raises ``RuntimeError`` when ``max_blocks`` (default: 50 times
+    the blocks a perfect generator would need) give too few: the generator has not learnt the
+    format; train it longer."""
+    line_chars = max(1, block_chars // 8)
+    if max_blocks is None:
+        max_blocks = 50 * max(1, -(-num_frames * line_chars // block_chars))
+    kept, blocks, malformed, cut, batch = [], 0, 0, 0, 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=num_frames, desc="synthetic frames", unit="frame", disable=not progress)
+    while sum(len(k) for k in kept) < num_frames:
+        if blocks >= max_blocks:
+            bar.close()
+            raise RuntimeError(f"{blocks} sampled blocks gave only {sum(len(k) for k in kept)} well-formed frames "
+                               f"of {num_frames} ({malformed} malformed lines): the generator has not learnt the "
+                               "frame format; train it for more epochs")
+        for text in generator.sample(batch_size, block_chars, temperature=temperature, seed=seed + batch,
+                                     batch_size=batch_size):
+            parsed = parse_block(text, dim=dim, classes={label})
+            kept.append(parsed.frames)
+            bar.update(len(parsed.frames))
+            malformed += parsed.malformed
+            cut += parsed.cut
+        blocks += batch_size
+        batch += 1
+    bar.close()
+    frames = np.concatenate(kept)[:num_frames]
+    return SampledFrames(frames=frames, blocks=blocks, malformed=malformed, cut=cut)
+
+
+def synthesize(corpus: str, subject: str, output: str | Path, *, num_frames: int = 10000,
+               architecture: str = "lstm", features: str = "mfcc26", subject_utterances: int | None = None,
+               decimals: int = 2, seed: int = 0, temperature: float = 1.0, progress: bool = False,
+               logger=False, **training) -> tuple[Path, EpochLosses, SampledFrames]:
+    """Train a generator on the subject's training frames of ``corpus`` and write ``num_frames``
+    synthetic frames to the frame file ``output``. ``training``: arguments of :func:`train_generator`."""
+    data = FrameDataModule(corpus, subject=subject, features=features, subject_utterances=subject_utterances,
+                           seed=seed)
+    real = data.subject_frames("train")
+    text = frames_to_text(real, np.full(len(real), SUBJECT), decimals=decimals)
+    generator, losses = train_generator(text, architecture, seed=seed, logger=logger, progress=progress, **training)
+    sampled = sample_frames(generator, num_frames, dim=real.shape[1], temperature=temperature, seed=seed,
+                            progress=progress)
+    best_loss, best_epoch = losses.best()
+    path = write_frame_file(output, sampled.frames, np.full(num_frames, SUBJECT), features=features, subject=subject,
+                            attrs={"corpus": str(corpus), "generator": architecture, "real_frames": len(real),
+                                   "subject_utterances": subject_utterances, "decimals": decimals, "seed": seed,
+                                   "temperature": temperature, "training": training, "blocks": sampled.blocks,
+                                   "malformed_lines": sampled.malformed, "best_train_loss": best_loss,
+                                   "best_epoch": best_epoch})
+    return path, losses, sampled
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speakerzoo synthesize",
+        description="Train a character-level LSTM or GPT-2 on one speaker's MFCC frames (as text lines of "
+                    "26 values and a class) and write synthetic frames sampled from it to a frame file "
+                    "(seed 000, Bird et al.). Only the speaker's training utterances are used. The output is "
+                    "written under a temporary name and renamed when complete.",
+        epilog="example: speakerzoo synthesize data/fsdd8k.h5 --subject george --subject-utterances 60 "
+               "--generator gpt2 --frames 10000 --output data/george_gpt2.h5")
+    parser.add_argument("corpus", help="corpus file (speakerzoo prepare ... --features mfcc26)")
+    parser.add_argument("--subject", required=True, help="speaker whose frames to imitate")
+    parser.add_argument("--output", required=True, help="frame file to write (.h5)")
+    parser.add_argument("--generator", choices=ARCHITECTURES, default="lstm", help="default: %(default)s")
+    parser.add_argument("--frames", type=positive_int, default=10000, help="synthetic frames to write (default: %(default)s)")
+    parser.add_argument("--subject-utterances", type=positive_int, default=None,
+                        help="learn from only this many of the subject's training utterances (default: all)")
+    parser.add_argument("--features", default="mfcc26", help="feature preset of the frames (default: %(default)s)")
+    parser.add_argument("--epochs", type=positive_int, default=20, help="generator training epochs (default: %(default)s)")
+    parser.add_argument("--lstm-units", type=positive_int, default=128, help="LSTM units per layer (default: %(default)s)")
+    parser.add_argument("--lstm-layers", type=positive_int, default=1, help="LSTM layers (default: %(default)s)")
+    parser.add_argument("--gpt2-pretrained", default=None, metavar="DIR",
+                        help="fine-tune GPT-2 from this local directory (save_pretrained: model and tokenizer) "
+                             "instead of a small GPT-2 trained from scratch on characters")
+    parser.add_argument("--seq-len", type=positive_int, default=100, help="training window in tokens (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="default: %(default)s")
+    parser.add_argument("--lr", type=positive_float, default=2e-3, help="default: %(default)s")
+    parser.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature (default: %(default)s)")
+    parser.add_argument("--decimals", type=int, default=2, help="digits after the point in the text (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-dir", default=None, help="TensorBoard directory for the generator's losses")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``speakerzoo synthesize ...``; returns the exit code (0 done, 2 error, 130 interrupted)."""
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    logger = False
+    if args.log_dir:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(args.log_dir, name=f"synthesize_{args.subject}_{args.generator}")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            path, losses, sampled = synthesize(
+                args.corpus, args.subject, args.output, num_frames=args.frames, architecture=args.generator,
+                features=args.features, subject_utterances=args.subject_utterances, decimals=args.decimals,
+                seed=args.seed, temperature=args.temperature, progress=not args.quiet, logger=logger,
+                lstm_units=args.lstm_units, lstm_layers=args.lstm_layers, pretrained=args.gpt2_pretrained,
+                epochs=args.epochs, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr)
+    except KeyboardInterrupt:
+        print(f"speakerzoo synthesize: interrupted; {args.output} was left as it was", file=sys.stderr)
+        return 130
+    except (CorpusError, FrameFileError, ValueError, RuntimeError, OSError) as error:
+        print(f"speakerzoo synthesize: error: {error}", file=sys.stderr)
+        return 2
+    loss, epoch = losses.best()
+    print(f"{path}: {len(sampled.frames)} frames from {sampled.blocks} blocks of text "
+          f"({sampled.kept_per_block:.1f} kept per block, {sampled.malformed} malformed lines dropped); "
+          f"generator best train loss {loss:.3f} at epoch {epoch}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

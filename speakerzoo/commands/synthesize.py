@@ -115,9 +115,8 @@ def sample_frames(generator: TextGenerator, num_frames: int, dim: int = 26, labe
     first ``num_frames`` are kept). Raises ``RuntimeError`` when ``max_blocks`` (default: 50 times
     the blocks a perfect generator would need) give too few: the generator has not learnt the
     format; train it longer."""
-    line_chars = max(1, block_chars // 8)
-    if max_blocks is None:
-        max_blocks = 50 * max(1, -(-num_frames * line_chars // block_chars))
+    if max_blocks is None:  # 50 times the blocks needed at 8 good lines per block (real lines are ~150 chars)
+        max_blocks = 50 * max(1, -(-num_frames // 8))
     kept, blocks, malformed, cut, batch = [], 0, 0, 0, 0
     from tqdm.auto import tqdm
 

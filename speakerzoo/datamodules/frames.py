@@ -111,18 +111,22 @@ def write_frame_file(path: str | Path, frames: np.ndarray, labels: np.ndarray, *
     labels = np.asarray(labels, dtype=np.int64)
     if frames.ndim != 2 or len(frames) != len(labels):
         raise ValueError(f"need frames [N, dim] and N labels, got {frames.shape} and {labels.shape}")
-    config = FeatureConfig.parse(features)
-    with AtomicH5Writer(path) as writer:
-        h5 = writer._h5
-        h5.create_dataset("frames", data=frames)
-        h5.create_dataset("labels", data=labels)
-        h5.attrs["format"] = FRAME_FORMAT
-        h5.attrs["schema_version"] = FRAME_SCHEMA_VERSION
-        h5.attrs["features"] = json.dumps(config.to_dict())
-        h5.attrs["subject"] = "" if subject is None else str(subject)
-        h5.attrs["settings"] = json.dumps(attrs or {})
-        h5.attrs["created"] = created_timestamp()
-        return writer._commit()
+    with FrameFileWriter(path) as writer:
+        return writer.write(frames, labels, FeatureConfig.parse(features), subject, attrs or {})
+
+
+class FrameFileWriter(AtomicH5Writer):
+    """Writes one frame file at once (:func:`write_frame_file`), temporary name then rename."""
+
+    def write(self, frames: np.ndarray, labels: np.ndarray, features: FeatureConfig, subject: str | None,
+              attrs: dict[str, Any]) -> Path:
+        self._h5.create_dataset("frames", data=frames)
+        self._h5.create_dataset("labels", data=labels)
+        self._h5.attrs.update({
+            "format": FRAME_FORMAT, "schema_version": FRAME_SCHEMA_VERSION, "features": json.dumps(features.to_dict()),
+            "subject": "" if subject is None else str(subject), "settings": json.dumps(attrs),
+            "created": created_timestamp()})
+        return self._commit()
 
 
 def read_frame_file(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

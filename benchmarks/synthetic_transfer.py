@@ -141,14 +141,14 @@ def run_subject(subject: str, args: argparse.Namespace) -> dict:
     generators = {}
     for generator in args.generators:
         path = root / subject / f"synthetic_{generator}.h5"
-        settings = dict(epochs=args.lstm_epochs, lstm_units=args.lstm_units, lstm_layers=args.lstm_layers) \
-            if generator == "lstm" else dict(epochs=args.gpt2_epochs, seq_len=args.gpt2_seq_len, batch_size=32,
+        settings = dict(epochs=args.lstm_epochs, lstm_units=args.lstm_units, lstm_layers=args.lstm_layers, lr=args.lr) \
+            if generator == "lstm" else dict(epochs=args.gpt2_epochs, seq_len=args.gpt2_seq_len, batch_size=32, lr=args.lr,
                                              gpt2=dict(n_layer=args.gpt2_layers, n_embd=args.gpt2_width, n_head=4))
         start = time.time()
         _, losses, sampled = synthesize(
             args.corpus, subject, path, num_frames=max(args.sizes), architecture=generator, seed=args.seed,
             logger=TensorBoardLogger(root / "tb", name=subject, version=f"generator_{generator}"),
-            subject_utterances=args.subject_utterances, **settings)
+            subject_utterances=args.subject_utterances, decimals=args.decimals, **settings)
         loss, epoch = losses.best("train")
         generators[generator] = {"best_train_loss": loss, "best_epoch": epoch, "val_loss": losses.best("val")[0],
                                  "blocks": sampled.blocks, "kept_per_block": sampled.kept_per_block,
@@ -187,7 +187,8 @@ def run_table2(args: argparse.Namespace, subjects: list[str]) -> list[dict]:
     texts = []
     for subject in subjects:  # the same number of frames of every subject, in clip order
         frames = FrameDataModule(args.corpus, subject=subject, seed=args.seed).subject_frames("train")
-        texts.append(frames_to_text(frames[: args.table2_frames], np.ones(min(len(frames), args.table2_frames), int)))
+        texts.append(frames_to_text(frames[: args.table2_frames], np.ones(min(len(frames), args.table2_frames), int),
+                                    decimals=args.decimals))
     text = "".join(texts)
     rows = []
     settings = [("lstm", dict(lstm_units=u, lstm_layers=n), f"LSTM({','.join([str(u)] * n)})") for u, n in LSTM_GRID]
@@ -195,7 +196,7 @@ def run_table2(args: argparse.Namespace, subjects: list[str]) -> list[dict]:
                                   seq_len=args.gpt2_seq_len, batch_size=32), "GPT-2"))
     for architecture, kwargs, name in settings:
         start = time.time()
-        _, losses = train_generator(text, architecture, epochs=args.table2_epochs, seed=args.seed,
+        _, losses = train_generator(text, architecture, epochs=args.table2_epochs, seed=args.seed, lr=args.lr,
                                     logger=TensorBoardLogger(root / "tb", name="table2", version=name), **kwargs)
         loss, epoch = losses.best("train")
         val, val_epoch = losses.best("val")
@@ -285,6 +286,8 @@ def main() -> None:
     parser.add_argument("--gpt2-layers", type=int, default=2)
     parser.add_argument("--gpt2-width", type=int, default=64)
     parser.add_argument("--gpt2-seq-len", type=int, default=200)
+    parser.add_argument("--decimals", type=int, default=1, help="digits after the point in the frame text")
+    parser.add_argument("--lr", type=float, default=5e-3, help="generator learning rate")
     parser.add_argument("--table2", action="store_true", help="also run the generator benchmark (Table II)")
     parser.add_argument("--table2-epochs", type=int, default=10)
     parser.add_argument("--table2-frames", type=int, default=100, help="frames of each subject in its text")

@@ -172,7 +172,8 @@ def run_subject(subject: str, args: argparse.Namespace) -> dict:
 
 
 def run_table2(args: argparse.Namespace, subjects: list[str]) -> list[dict]:
-    """Table II: every generator setting trained on the frames of all subjects together."""
+    """Table II: every generator setting trained on the frames of all ``subjects`` together (every
+    speaker of the corpus, whatever ``--subjects`` says)."""
     _quiet()
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -303,7 +304,7 @@ def main() -> None:
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn")) as pool:
-        table2_job = pool.submit(run_table2, args, subjects) if args.table2 else None
+        table2_job = pool.submit(run_table2, args, Corpus(args.corpus).speakers) if args.table2 else None
         results = list(pool.map(run_subject, subjects, [args] * len(subjects)))
         table2_rows = table2_job.result() if table2_job else None
     text3, summary = table3(results, args)

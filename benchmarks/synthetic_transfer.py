@@ -90,6 +90,14 @@ def fit_dnn(data, root: Path, subject: str, name: str, *, init_from: str | None 
     return result
 
 
+def two_stages(pretrain_data, real, root: Path, subject: str, tag: str, seed: int, patience: int) -> dict:
+    """Pre-train on ``pretrain_data``, then train on ``real`` from the best pre-trained weights;
+    the second run's test scores and both runs' epochs."""
+    pre = fit_dnn(pretrain_data, root, subject, f"pretrain_{tag}", seed=seed, patience=patience, test=False)
+    tuned = fit_dnn(real, root, subject, f"finetune_{tag}", init_from=pre["checkpoint"], seed=seed, patience=patience)
+    return {"pretrain_epochs": pre["epochs"], **tuned}
+
+
 def classical_baselines(data, seed: int = 0) -> dict[str, dict]:
     """Table IV's classical models on the real frames, scored like the DNN."""
     import torch
@@ -160,13 +168,9 @@ def run_subject(subject: str, args: argparse.Namespace) -> dict:
             pretrain_data = FrameDataModule(args.corpus, synthetic=str(path), synthetic_frames=size, **common)
             for repeat in range(args.repeats):
                 seed = args.seed + repeat
-                tag = f"{generator}{size}_r{repeat}"
-                pre = fit_dnn(pretrain_data, root, subject, f"pretrain_{tag}", seed=seed, patience=args.patience,
-                              test=False)
-                tuned = fit_dnn(real, root, subject, f"finetune_{tag}", init_from=pre["checkpoint"], seed=seed,
-                                patience=args.patience)
                 runs.append({"generator": generator, "synthetic": size, "repeat": repeat,
-                             "pretrain_epochs": pre["epochs"], **tuned})
+                             **two_stages(pretrain_data, real, root, subject, f"{generator}{size}_r{repeat}", seed,
+                                          args.patience)})
     result = {"subject": subject, "train_frames": counts, "runs": runs, "generators": generators}
     if args.baselines:
         result["classical"] = classical_baselines(real, args.seed)
@@ -186,13 +190,9 @@ def run_control(subject: str, args: argparse.Namespace) -> list[dict]:
     if done.is_file():
         return json.loads(done.read_text())
     real = FrameDataModule(args.corpus, subject=subject, subject_utterances=args.subject_utterances, seed=args.seed)
-    runs = []
-    for repeat in range(args.repeats):
-        seed = args.seed + repeat
-        pre = fit_dnn(real, root, subject, f"control_pretrain_r{repeat}", seed=seed, patience=args.patience, test=False)
-        tuned = fit_dnn(real, root, subject, f"control_finetune_r{repeat}", init_from=pre["checkpoint"], seed=seed,
-                        patience=args.patience)
-        runs.append({"generator": "control", "synthetic": 0, "repeat": repeat, "pretrain_epochs": pre["epochs"], **tuned})
+    runs = [{"generator": "control", "synthetic": 0, "repeat": repeat,
+             **two_stages(real, real, root, subject, f"control_r{repeat}", args.seed + repeat, args.patience)}
+            for repeat in range(args.repeats)]
     done.write_text(json.dumps(runs, indent=1))
     return runs
 

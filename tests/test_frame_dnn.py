@@ -126,7 +126,7 @@ def test_weighted_loss_counts_the_rare_class_by_its_weight(george, tmp_path):
 
 def test_topology_is_26_30_7_29_classes(george):
     model = _dnn(george)
-    linears = [m for m in model.net if isinstance(m, torch.nn.Linear)]
+    linears = [m for m in [*model.net, model.head] if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(26, 30), (30, 7), (7, 29), (29, 2)]
     assert sum(isinstance(m, torch.nn.ReLU) for m in model.net) == 3
     assert isinstance(model.configure_optimizers(), torch.optim.Adam)
@@ -164,9 +164,14 @@ def test_early_stopping_restores_the_best_epochs_weights(george, tmp_path):
 # ------------------------------------------------------------------------------ weight transfer
 
 
+def _layers(module) -> dict[str, torch.Tensor]:
+    """The network's weights (hidden layers and output layer), by name."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if k.startswith(("net.", "head."))}
+
+
 class _StartWeights(Callback):
     def on_train_start(self, trainer, module):
-        self.weights = {k: v.detach().clone() for k, v in module.net.state_dict().items()}
+        self.weights = _layers(module)
 
 
 def test_fine_tuning_starts_from_the_pretrained_weights(george, tmp_path):
@@ -180,14 +185,14 @@ def test_fine_tuning_starts_from_the_pretrained_weights(george, tmp_path):
     start = _StartWeights()
     tuned = _dnn(george, init_from=str(path))
     _trainer(tmp_path / "tune", max_steps=1, callbacks=[start]).fit(tuned, george)
-    for name, value in pretrained.net.state_dict().items():
+    for name, value in _layers(pretrained).items():
         assert torch.equal(start.weights[name], value), name
-    assert tuned.init_report == (list(pretrained.net.state_dict()), [])
+    assert set(_layers(pretrained)) <= set(tuned.init_report.loaded) and tuned.init_report.dropped == []
     # the baseline from random init starts elsewhere
     lightning.seed_everything(2)
     start_random = _StartWeights()
     _trainer(tmp_path / "rand", max_steps=1, callbacks=[start_random]).fit(_dnn(george), george)
-    assert not torch.equal(start_random.weights["0.weight"], start.weights["0.weight"])
+    assert not torch.equal(start_random.weights["net.0.weight"], start.weights["net.0.weight"])
 
 
 def test_transfer_from_another_class_count_drops_only_the_output_layer(george, fsdd_corpus, tmp_path):
@@ -197,8 +202,8 @@ def test_transfer_from_another_class_count_drops_only_the_output_layer(george, f
     trainer.fit(model, multi)
     trainer.save_checkpoint(tmp_path / "six.ckpt")
     binary = _dnn(george)
-    taken, dropped = binary.init_weights_from(tmp_path / "six.ckpt")
-    assert dropped == ["6.weight", "6.bias"] and "4.weight" in taken
+    report = binary.init_weights_from(tmp_path / "six.ckpt")
+    assert [d.split()[0] for d in report.dropped] == ["head.weight", "head.bias"] and "net.4.weight" in report.loaded
     assert torch.equal(binary.net[4].weight, model.net[4].weight)
     wider = FrameDNN(num_speakers=2, hidden=(30, 8, 29))
     with pytest.raises(InvalidCheckpointError, match="six.ckpt.*same features and hidden layers"):

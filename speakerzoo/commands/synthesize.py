@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from speakerzoo.argtypes import parse_or_exit_code, positive_float, positive_int
 from speakerzoo.datamodules.corpus import CorpusError
@@ -119,8 +120,6 @@ def sample_frames(generator: TextGenerator, num_frames: int, dim: int = 26, labe
     if max_blocks is None:  # 50 times the blocks needed at 8 good lines per block (real lines are ~150 chars)
         max_blocks = 50 * max(1, -(-num_frames // 8))
     kept, blocks, malformed, cut, batch = [], 0, 0, 0, 0
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=num_frames, desc="synthetic frames", unit="frame", disable=not progress)
     while sum(len(k) for k in kept) < num_frames:
         if blocks >= max_blocks:

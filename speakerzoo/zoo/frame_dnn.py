@@ -27,7 +27,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
 from speakerzoo.features import Frontend
-from speakerzoo.zoo.base import InvalidCheckpointError
+from speakerzoo.zoo.base import InvalidCheckpointError, LoadReport, _load_weights
 
 __all__ = ["FrameDNN", "frame_metrics"]
 
@@ -62,7 +62,7 @@ class FrameDNN(lightning.LightningModule):
         lr: Adam's learning rate (Keras's default).
         init_from: a FrameDNN checkpoint whose weights start this model's training (transfer
             learning). The output layer is taken only when its size fits; every hidden layer
-            must fit exactly. A resumed run (``--ckpt_path``) restores its own weights after this.
+            must fit exactly (:meth:`init_weights_from`). A resumed run (``--ckpt_path``) restores its own weights after this.
     """
 
     def __init__(self, num_speakers: int = 2, sample_rate: int = 16000, frontend: str | dict = "mfcc26",
@@ -88,14 +88,14 @@ class FrameDNN(lightning.LightningModule):
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
-        layers.append(nn.Linear(sizes[-1], self.num_speakers))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*layers)  # the hidden layers
+        self.head = nn.Linear(sizes[-1], self.num_speakers)  # the output layer (``head.*``, as in the zoo)
         weights = class_weights if isinstance(class_weights, (list, tuple)) else [1.0] * self.num_speakers
         self.register_buffer("class_weight", torch.tensor(weights, dtype=torch.float32))
         self.lr = lr
         self.init_from = init_from
-        #: ``(taken, dropped)`` parameter names of what ``init_from`` loaded (``None`` until then).
-        self.init_report: tuple[list[str], list[str]] | None = None
+        #: What ``init_from`` loaded (``None`` until then).
+        self.init_report: LoadReport | None = None
         self._train_loss = MeanMetric()
         self._eval_loss = MeanMetric()
         self.val_metrics = frame_metrics(self.num_speakers).clone(prefix="val/")
@@ -104,7 +104,7 @@ class FrameDNN(lightning.LightningModule):
     # -- the network ----------------------------------------------------------------------------
     def forward(self, frames: Tensor) -> Tensor:
         """Logits ``[..., classes]`` of frames ``[..., dim]``."""
-        return self.net(frames)
+        return self.head(self.net(frames))
 
     @torch.no_grad()
     def classify_audio(self, waveform: Tensor) -> Tensor:
@@ -117,10 +117,9 @@ class FrameDNN(lightning.LightningModule):
         return self(frames).softmax(-1).mean(0)
 
     def loss(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """``(weighted mean cross-entropy, sum of the weights)`` of one batch."""
-        weight = self.class_weight[labels]
-        total = weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
-        return (F.cross_entropy(logits, labels, reduction="none") * weight).sum() / total, total
+        """``(weighted mean cross-entropy, sum of the batch's weights)``; the sum weighs the batch in
+        the epoch's mean."""
+        return F.cross_entropy(logits, labels, weight=self.class_weight), self.class_weight[labels].sum()
 
     # -- transfer learning -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -132,30 +131,18 @@ class FrameDNN(lightning.LightningModule):
         if self.init_from is not None and self.init_report is None:
             self.init_report = self.init_weights_from(self.init_from)
 
-    def init_weights_from(self, path: str | Path) -> tuple[list[str], list[str]]:
-        """Copy a FrameDNN checkpoint's network weights into this model; the output layer only
-        when its shape fits. Returns the names taken and dropped."""
+    def init_weights_from(self, path: str | Path) -> LoadReport:
+        """Copy a FrameDNN checkpoint's weights into this model (the shared loader of the zoo): the
+        output layer only when its shape fits, everything else exactly; this model's class
+        weights stay its own."""
         path = Path(path)
         if not path.exists():
             raise InvalidCheckpointError(f"{path}: no such checkpoint to initialise a FrameDNN from")
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        state = {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
-        mine = self.net.state_dict()
-        output = f"{len(self.net) - 1}."
-        taken, dropped = [], []
-        for name, value in mine.items():
-            theirs = state.get(name)
-            if theirs is not None and theirs.shape == value.shape:
-                taken.append(name)
-            elif name.startswith(output):
-                dropped.append(name)
-            else:
-                raise InvalidCheckpointError(
-                    f"{path}: not a FrameDNN of this topology (weight {name!r}: "
-                    f"{None if theirs is None else tuple(theirs.shape)} there, {tuple(value.shape)} here); "
-                    "init_from needs a FrameDNN with the same features and hidden layers")
-        self.net.load_state_dict({**mine, **{k: state[k] for k in taken}})
-        return taken, dropped
+        state = {k: v for k, v in checkpoint.get("state_dict", {}).items() if k != "class_weight"}
+        state["class_weight"] = self.class_weight
+        return _load_weights(self, state, str(path), "speakerzoo.zoo.FrameDNN", head="fit",
+                             what="this FrameDNN (init_from needs the same features and hidden layers)")
 
     # -- steps ------------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -32,19 +32,22 @@ def best_checkpoint(checkpoints: Path) -> Path:
     return found[-1]
 
 
-def test_checkpoint(checkpoint: Path, corpus: Path, split: str, eval_max_seconds: float,
-                    callbacks: list | None = None) -> dict[str, float]:
-    """``trainer.test`` of the model in ``checkpoint`` on the test part of ``corpus`` (CPU); the
-    logged metrics, and the model's ``parameters`` count."""
+def test_checkpoint(checkpoint: Path, corpus: Path | None = None, split: str = "speaker",
+                    eval_max_seconds: float | None = None, callbacks: list | None = None,
+                    data=None) -> dict[str, float]:
+    """``trainer.test`` of the model in ``checkpoint`` on the test part of ``corpus`` (CPU), or on
+    the DataModule ``data``; the logged metrics (of every test loader), and the model's
+    ``parameters`` count."""
     import lightning as L
 
     from speakerzoo.datamodules import SpeakerDataModule
     from speakerzoo.zoo import SpeakerEmbeddingModule
 
     model = SpeakerEmbeddingModule.from_pretrained(checkpoint)
-    data = SpeakerDataModule(str(corpus), split=split, eval_max_seconds=eval_max_seconds, num_workers=0)
+    if data is None:
+        data = SpeakerDataModule(str(corpus), split=split, eval_max_seconds=eval_max_seconds, num_workers=0)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=callbacks or [])
-    metrics = {k: float(v) for k, v in trainer.test(model, datamodule=data, verbose=False)[0].items()}
+    metrics = {k: float(v) for loader in trainer.test(model, datamodule=data, verbose=False) for k, v in loader.items()}
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
     return metrics

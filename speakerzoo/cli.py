@@ -32,6 +32,7 @@ Subcommands: prepare (audio -> corpus file), chunk (corpus -> corpus of
 MFCC frames from a char-LSTM or GPT-2), embed (audio -> embeddings file),
 score (trials -> EER, minDCF, DET curve), verify (same speaker or not),
 identify (who of the enrolled speakers), export (TorchScript / ONNX),
+layers (EER of every wav2vec2 layer),
 checkpoints (the registry): each has its own --help. fit, validate, test, predict
 are LightningCLI (`speakerzoo fit --help`).
 Start with: speakerzoo prepare toy --output data/toy.h5 && speakerzoo fit -c configs/ecapa_small.yaml
@@ -89,6 +90,7 @@ COMMANDS = {
     "prepare": "speakerzoo.datamodules.prepare",
     "chunk": "speakerzoo.datamodules.chunks",
     "synthesize": "speakerzoo.commands.synthesize",
+    "layers": "speakerzoo.commands.layers",
     "embed": "speakerzoo.commands.embed",
     "score": "speakerzoo.commands.score",
     "export": "speakerzoo.commands.export",

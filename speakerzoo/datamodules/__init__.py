@@ -6,5 +6,7 @@ Never imports ``speakerzoo.zoo``; DataModules and models are linked by the CLI.
 from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter
 from speakerzoo.datamodules.datamodule import SpeakerDataModule
 from speakerzoo.datamodules.frames import FrameDataModule
+from speakerzoo.datamodules.multitask import MultiTaskDataModule
 
-__all__ = ["Corpus", "CorpusError", "CorpusWriter", "FrameDataModule", "SpeakerDataModule"]
+__all__ = ["Corpus", "CorpusError", "CorpusWriter", "FrameDataModule", "MultiTaskDataModule",
+           "SpeakerDataModule"]

@@ -10,6 +10,7 @@ from speakerzoo.zoo.frame_dnn import FrameDNN
 from speakerzoo.zoo.heads import AAMSoftmax, SoftmaxHead
 from speakerzoo.zoo.resnet_mfcc import ResNetMFCC
 from speakerzoo.zoo.se_cnn_bigru import SECNNBiGRU
+from speakerzoo.zoo.wav2vec2_mtl import Wav2Vec2MultiTask
 from speakerzoo.zoo.registry import (
     ChecksumError,
     RegistryEntry,
@@ -34,6 +35,7 @@ __all__ = [
     "SoftmaxHead",
     "SpeakerEmbeddingModule",
     "UnknownCheckpointError",
+    "Wav2Vec2MultiTask",
     "load_registry",
     "resolve",
 ]

@@ -19,7 +19,7 @@ import warnings
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import lightning as L
 import numpy as np
@@ -406,19 +406,21 @@ class SpeakerEmbeddingModule(L.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor | None]:
         return {"index": batch.get("index"), "embedding": self.embed_unpadded(batch)}
 
-    def embed_unpadded(self, batch: Batch) -> Tensor:
-        """Embeddings of an evaluation batch, each row computed at its own length.
+    def embed_unpadded(self, batch: Batch, encode: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+        """Embeddings of an evaluation batch, each row computed at its own length (by ``encode``,
+        default :meth:`encode`; any function of ``(features, frame_lengths)`` that gives ``[B, ...]``).
 
         Rows of equal length are embedded together, cut to that length, so batch padding never
         reaches a model: speechbrain's ECAPA reflect-pads at the end of the padded tensor, and
         padded batches moved FSDD embeddings to a cosine of 0.92 with their unpadded selves.
         """
+        encode = self.encode if encode is None else encode
         features, lengths = self.features(batch)
         rows_by_length = [(int(n), (lengths == n).nonzero().squeeze(1)) for n in torch.unique(lengths)]
         if len(rows_by_length) == 1 and rows_by_length[0][0] == features.shape[1]:
-            return self.encode(features, lengths)
-        parts = [(rows, self.encode(features[rows, :n], lengths[rows])) for n, rows in rows_by_length]
-        out = parts[0][1].new_empty((len(lengths), parts[0][1].shape[-1]))
+            return encode(features, lengths)
+        parts = [(rows, encode(features[rows, :n], lengths[rows])) for n, rows in rows_by_length]
+        out = parts[0][1].new_empty((len(lengths), *parts[0][1].shape[1:]))
         for rows, emb in parts:
             out[rows] = emb
         return out
@@ -468,7 +470,9 @@ class SpeakerEmbeddingModule(L.LightningModule):
         get = getattr(datamodule, "trials", None)
         return get(part) if callable(get) else None
 
-    def _score(self, part: str) -> None:
+    def _score(self, part: str) -> dict[str, Tensor]:
+        """Score the gathered embeddings on the trials of ``part`` and log the metrics; returns
+        the values logged (empty when nothing could be scored)."""
         index, emb = self._gather(part)
         self.evaluated.pop(part, None)
         trials = self._trials(part)
@@ -478,7 +482,7 @@ class SpeakerEmbeddingModule(L.LightningModule):
                 f"no trials for '{part}' (the datamodule has no trials({part!r})): "
                 f"{part}/eer, {part}/mindcf and {part}/ident_acc are not logged",
             )
-            return
+            return {}
         usable = subset_trials(trials, index)
         sanity = self._trainer is not None and self.trainer.sanity_checking
         if not sanity and (len(usable.pairs) < len(trials.pairs) or len(usable.ident) < len(trials.ident)):
@@ -502,7 +506,7 @@ class SpeakerEmbeddingModule(L.LightningModule):
                 self._warn_once(f"{part}-empty", f"{part}: no trial could be scored this epoch; {part}/eer is NaN")
                 for name in ("eer", "mindcf", "ident_acc"):
                     self.log(f"{part}/{name}", float("nan"), sync_dist=True)
-            return
+            return {}
         scores, labels = self._keep_evaluated(part, index, emb, usable, verify)
         metrics = self.trial_metrics[part]
         values = {}
@@ -521,6 +525,7 @@ class SpeakerEmbeddingModule(L.LightningModule):
         for name, value in values.items():
             # The values are already global (identical on every rank); sync_dist only averages equal numbers.
             self.log(f"{part}/{name}", value.float(), prog_bar=name == "eer", sync_dist=True)
+        return values
 
     def _keep_evaluated(self, part: str, index: Tensor, emb: Tensor, usable: Trials,
                         verify: bool) -> tuple[Tensor, Tensor]:

@@ -105,9 +105,14 @@ class ECAPA(SpeakerEmbeddingModule):
         self.spec_augment = spectral_augment_from(spec_augment)
 
     def encode(self, features: Tensor, frame_lengths: Tensor) -> Tensor:
-        frames = features.shape[1]
-        # speechbrain wants lengths relative to the padded length and masks frame i when
-        # i < relative * frames. With relative = n / frames the float product is often a hair
-        # above n and then also lets padded frame n in; (n - 0.5) / frames keeps exactly n frames.
-        relative = (frame_lengths.to(features.device).float() - 0.5).clamp(min=0.5) / frames
-        return self.encoder(features, lengths=relative).squeeze(1)
+        return self.encoder(features, lengths=relative_lengths(frame_lengths, features)).squeeze(1)
+
+
+def relative_lengths(frame_lengths: Tensor, features: Tensor) -> Tensor:
+    """speechbrain's relative lengths for ``features [B, frames, dim]`` with valid ``frame_lengths [B]``.
+
+    speechbrain masks frame i when i < relative * frames. With relative = n / frames the float
+    product is often a hair above n and then also lets padded frame n in; (n - 0.5) / frames
+    keeps exactly n frames.
+    """
+    return (frame_lengths.to(features.device).float() - 0.5).clamp(min=0.5) / features.shape[1]

@@ -25,12 +25,9 @@ two systems at a time with one thread each. Results go to ``ROOT/results.md`` an
 from __future__ import annotations
 
 import argparse
-import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runs import REPO, best_checkpoint, fit_once, test_checkpoint
+from runs import REPO, best_checkpoint, fit_once, test_checkpoint, train_all, write_results
 
 
 #: system -> (logger name, logger version, config arguments)
@@ -101,14 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     args.root = args.root.resolve()
     corpus = chunk_file(args)
     if not args.test_only:
-        threads = 1 if args.parallel > 1 else int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-            list(pool.map(lambda system: train(system, corpus, args, threads), args.systems))
+        train_all(lambda system, threads: train(system, corpus, args, threads), args.systems, args.parallel)
     results = {system: test(system, corpus, args) for system in args.systems}
     text = table(results, args.seconds)
-    print(text)
-    (args.root / "results.md").write_text(text + "\n")
-    (args.root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.root, text, results)
     return 0
 
 

@@ -15,12 +15,9 @@ per mode, the EER of every layer (``speakerzoo layers``).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runs import REPO, best_checkpoint, fit_once, test_checkpoint
+from runs import REPO, best_checkpoint, fit_once, test_checkpoint, train_all, write_results
 
 MODES = ("speech", "speaker", "disjoint", "joint")
 CONFIG = "configs/wav2vec2_mtl_small.yaml"
@@ -79,14 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.root, args.corpus = args.root.resolve(), args.corpus.resolve()
     if not args.test_only:
-        threads = 1 if args.parallel > 1 else int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-            list(pool.map(lambda mode: train(mode, args, threads), args.modes))
+        train_all(lambda mode, threads: train(mode, args, threads), args.modes, args.parallel)
     results = {mode: test(mode, args) for mode in args.modes}
     text = table(results)
-    print(text)
-    (args.root / "results.md").write_text(text + "\n")
-    (args.root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.root, text, results)
     return 0
 
 

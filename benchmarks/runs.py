@@ -4,10 +4,13 @@ best checkpoint, and test a checkpoint on a corpus. Import it from a script in t
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,6 +25,21 @@ def fit_once(args: list[str], checkpoints: Path, log: Path, threads: int) -> Non
     cmd = [sys.executable, "-m", "speakerzoo.cli", "fit", *args, "--trainer.enable_progress_bar=false"]
     with open(log, "w") as out:
         subprocess.run(cmd, check=True, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def train_all(train: Callable[[str, int], None], systems: Iterable[str], parallel: int) -> None:
+    """``train(system, threads)`` for every system, ``parallel`` at a time with one OpenMP thread
+    each (one at a time: with ``$OMP_NUM_THREADS`` or every core)."""
+    threads = 1 if parallel > 1 else int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        list(pool.map(lambda system: train(system, threads), systems))
+
+
+def write_results(root: Path, table: str, results: dict) -> None:
+    """Print the markdown ``table``; keep it in ``root/results.md`` and ``results`` in ``root/results.json``."""
+    print(table)
+    (root / "results.md").write_text(table + "\n")
+    (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 def best_checkpoint(checkpoints: Path) -> Path:

@@ -50,6 +50,7 @@ from speakerzoo.commands.embed import (
     items_from_folder,
     min_samples,
 )
+from speakerzoo.datamodules.corpus import CorpusError
 from speakerzoo.datamodules.sources import SourceError
 from speakerzoo.zoo.registry import RegistryError
 from speakerzoo.zoo.registry import resolve as resolve_checkpoint
@@ -428,7 +429,7 @@ def format_score(score: float, std: float, mc: bool, digits: int = 4) -> str:
 
 
 def run_command(name: str, argv: list[str] | None, build_parser, run, text) -> int:
-    """The ``main`` of ``speakerzoo verify`` and ``identify``: parse, ``run(args) -> result``, print
+    """The ``main`` of ``speakerzoo verify``, ``identify`` and ``layers``: parse, ``run(args) -> result``, print
     ``text(result)`` or JSON; returns the exit code (0 done, 2 error with the message on stderr,
     130 interrupted)."""
     args = parse_or_exit_code(build_parser(), argv)
@@ -439,7 +440,8 @@ def run_command(name: str, argv: list[str] | None, build_parser, run, text) -> i
     except KeyboardInterrupt:
         print(f"speakerzoo {name}: interrupted", file=sys.stderr)
         return 130
-    except (EnrolError, EmbeddingError, SourceError, RegistryError, FileNotFoundError, ValueError, OSError) as err:
+    except (EnrolError, EmbeddingError, SourceError, CorpusError, RegistryError, FileNotFoundError, ValueError,
+            OSError) as err:
         print(f"speakerzoo {name}: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else text(result))

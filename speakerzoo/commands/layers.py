@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from speakerzoo.argtypes import parse_or_exit_code, positive_float, positive_int
-from speakerzoo.commands.embed import EmbeddingError, device_from_name
+from speakerzoo.argtypes import positive_float, positive_int
+from speakerzoo.commands.embed import device_from_name
+from speakerzoo.commands.enrol import run_command
 from speakerzoo.datamodules.corpus import CorpusError
 from speakerzoo.datamodules.datamodule import SpeakerDataModule
-from speakerzoo.scoring import Trials, eer, score_trials
-from speakerzoo.zoo.base import InvalidCheckpointError
+from speakerzoo.scoring import eer, score_trials
 from speakerzoo.zoo.wav2vec2_mtl import Wav2Vec2MultiTask
 
 EXAMPLES = """examples:
@@ -150,19 +150,7 @@ def text(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``speakerzoo layers ...``; returns the exit code (0 done, 2 error, 130 interrupted)."""
-    args = parse_or_exit_code(build_parser(), argv)
-    if isinstance(args, int):
-        return args
-    try:
-        report = run(args)
-    except KeyboardInterrupt:
-        print("speakerzoo layers: interrupted", file=sys.stderr)
-        return 130
-    except (CorpusError, EmbeddingError, InvalidCheckpointError, FileNotFoundError, ValueError, OSError) as err:
-        print(f"speakerzoo layers: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=2) if args.json else text(report))
-    return 0
+    return run_command("layers", argv, build_parser, run, text)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,23 @@ class _DeferredIterator:
         return len(self._loader)
 
 
+def rank_and_world(trainer: lightning.Trainer | None) -> tuple[int, int]:
+    """``(global rank, world size)`` of ``trainer``; ``(0, 1)`` without one."""
+    if trainer is None:
+        return 0, 1
+    return int(trainer.global_rank), int(trainer.world_size)
+
+
+def refuse_distributed_sampler(trainer: lightning.Trainer | None, owner: str) -> None:
+    """Refuse a multi-process Trainer that would wrap loaders already sharded by rank in a second
+    ``DistributedSampler``."""
+    if trainer is not None and trainer.world_size > 1 and getattr(
+            getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False):
+        raise RuntimeError(
+            f"{owner} shards its loaders by rank itself: build the Trainer with "
+            "use_distributed_sampler=False (trainer.use_distributed_sampler: false in a config)")
+
+
 class SpeakerDataModule(lightning.LightningDataModule):
     """Crops for training, whole utterances and trials for evaluation, from one corpus file.
 
@@ -231,19 +248,11 @@ class SpeakerDataModule(lightning.LightningDataModule):
         return None if self.eval_max_seconds is None else int(round(self.eval_max_seconds * self.sample_rate))
 
     def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return int(trainer.global_rank), int(trainer.world_size)
+        return rank_and_world(self.trainer)
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1 and getattr(
-                getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False):
-            raise RuntimeError(
-                "SpeakerDataModule shards its loaders by rank itself: build the Trainer with "
-                "use_distributed_sampler=False (trainer.use_distributed_sampler: false in a config)")
+        refuse_distributed_sampler(self.trainer, "SpeakerDataModule")
         if self.cache_in_memory and not self._in_memory:
             self.corpus.close()
             self.corpus = Corpus(self.corpus_path, in_memory=True)

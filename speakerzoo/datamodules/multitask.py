@@ -63,7 +63,12 @@ from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from speakerzoo.datamodules.corpus import Corpus, CorpusError
-from speakerzoo.datamodules.datamodule import LazyStartDataLoader, SpeakerDataModule
+from speakerzoo.datamodules.datamodule import (
+    LazyStartDataLoader,
+    SpeakerDataModule,
+    rank_and_world,
+    refuse_distributed_sampler,
+)
 from speakerzoo.datamodules.dataset import _pad
 from speakerzoo.datamodules.length_sampler import LengthBatchSampler
 from speakerzoo.datamodules.splits import PARTS
@@ -316,19 +321,12 @@ class MultiTaskDataModule(lightning.LightningDataModule):
         return [self._transcripts[int(i)] for i in index.detach().cpu().long().tolist()]
 
     def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return int(trainer.global_rank), int(trainer.world_size)
+        return rank_and_world(self.trainer)
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1 and getattr(
-                getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False):
-            raise RuntimeError(
-                "MultiTaskDataModule shards its loaders by rank itself: build the Trainer with "
-                "use_distributed_sampler=False (trainer.use_distributed_sampler: false in a config)")
+        refuse_distributed_sampler(trainer, "MultiTaskDataModule")
         sd = self.speaker_data
         if sd is not None:
             sd.trainer = trainer  # it shards by rank too

@@ -51,7 +51,9 @@ class FeatureConfig:
         win_ms, hop_ms: analysis window and step in milliseconds.
         f_min, f_max: mel filterbank range in Hz; ``f_max=None`` means the Nyquist frequency.
         floor_db: dynamic range of ``logmel`` below the utterance maximum (negative, e.g. -80).
-        normalize: ``none``, ``mean`` (cepstral mean normalisation) or ``meanvar`` per utterance.
+        normalize: ``none``, ``mean`` (cepstral mean normalisation) or ``meanvar`` per utterance;
+            for ``waveform`` over the utterance's samples (``meanvar``: zero mean and unit
+            variance, as wav2vec2's feature extractor prepares audio for its BASE models).
     """
 
     kind: FeatureKind = "fbank"
@@ -117,6 +119,7 @@ PRESETS: dict[str, FeatureConfig] = {
     "logmel64": FeatureConfig(kind="logmel", n_mels=64, f_min=50.0, f_max=8000.0, floor_db=-80.0, normalize="none"),
     # wav2vec2 and other raw-audio models.
     "waveform": FeatureConfig(kind="waveform", normalize="none"),
+    "waveform_meanvar": FeatureConfig(kind="waveform", normalize="meanvar"),
 }
 
 
@@ -207,7 +210,7 @@ class Frontend(nn.Module):
             lengths = torch.full((batch,), num_samples, dtype=torch.long, device=waveforms.device)
         lengths = lengths.to(waveforms.device).long()
         if self.mel is None:
-            return waveforms, lengths
+            return self._normalize_waveforms(waveforms, lengths), lengths
         if num_samples < self.n_fft:  # shorter than one analysis window
             waveforms = nn.functional.pad(waveforms, (0, self.n_fft - num_samples))
         # Spectra in float32 even under autocast: log of fp16 mel energies underflows.
@@ -220,6 +223,15 @@ class Frontend(nn.Module):
             feats = self._normalize(feats, mask, frame_lengths)
             feats = feats.masked_fill(~mask[:, None, :], 0.0)
         return feats.transpose(1, 2).contiguous(), frame_lengths
+
+    def _normalize_waveforms(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
+        """Raw audio normalised per utterance over its valid samples; padding stays zero."""
+        if self.config.normalize == "none":
+            return waveforms
+        mask = valid_mask(lengths.clamp(max=waveforms.shape[1]), waveforms.shape[1])
+        with torch.autocast(device_type=waveforms.device.type, enabled=False):
+            normed = self._normalize(waveforms.float()[:, None, :], mask, lengths.clamp(min=1))[:, 0]
+        return normed.masked_fill(~mask, 0.0)
 
     def _compress(self, mel: Tensor, mask: Tensor) -> Tensor:
         cfg = self.config

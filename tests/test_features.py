@@ -100,3 +100,19 @@ def test_waveform_frontend_passes_audio_through():
 def test_short_clip_gives_one_frame():
     feats, frames = Frontend("fbank80", SR)(torch.randn(1, 100))
     assert frames.tolist() == [1] and feats.shape == (1, 1, 80)
+
+
+def test_waveform_meanvar_normalises_each_utterance_over_its_valid_samples():
+    fe = Frontend("waveform_meanvar", 16000)
+    torch.manual_seed(0)
+    waves = 0.3 * torch.randn(2, 1000) + 0.2
+    lengths = torch.tensor([1000, 600])
+    out, n = fe(waves, lengths)
+    assert torch.equal(n, lengths) and fe.dim is None
+    short = out[1, :600]
+    assert abs(float(short.mean())) < 1e-5 and abs(float(short.std(unbiased=False)) - 1) < 1e-3
+    assert torch.equal(out[1, 600:], torch.zeros(400))  # padding stays zero
+    alone, _ = fe(waves[1:, :600])
+    torch.testing.assert_close(alone[0], short)  # the batch-mate and the padding change nothing
+    raw, _ = Frontend("waveform", 16000)(waves, lengths)
+    assert torch.equal(raw, waves)

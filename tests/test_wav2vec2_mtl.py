@@ -101,7 +101,7 @@ def test_hidden_states_match_transformers_and_layerdrop_passes_the_input_on(fsdd
     model = tiny_model(config={**TINY, "layerdrop": 0.5}).eval()
     x, n = fsdd_batch["waveforms"][:2, :8000], torch.tensor([8000, 8000])
     hidden = model.hidden_states(x, n)
-    reference = model.wav2vec2(model._normalize(x, n), output_hidden_states=True)
+    reference = model.wav2vec2(model.frontend(x, n)[0], output_hidden_states=True)
     assert len(hidden.states) == model.num_layers + 1 == len(reference.hidden_states)
     for ours, theirs in zip(hidden.states, reference.hidden_states):
         torch.testing.assert_close(ours, theirs)

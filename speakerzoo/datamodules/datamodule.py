@@ -80,6 +80,11 @@ def rank_and_world(trainer: lightning.Trainer | None) -> tuple[int, int]:
     return int(trainer.global_rank), int(trainer.world_size)
 
 
+def loader_kwargs(num_workers: int) -> dict:
+    """DataLoader settings every speakerzoo loader shares: persistent workers, pinned memory on CUDA."""
+    return {"num_workers": num_workers, "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available()}
+
+
 def refuse_distributed_sampler(trainer: lightning.Trainer | None, owner: str) -> None:
     """Refuse a multi-process Trainer that would wrap loaders already sharded by rank in a second
     ``DistributedSampler``."""
@@ -294,19 +299,12 @@ class SpeakerDataModule(lightning.LightningDataModule):
             seed=self.seed, batches_per_epoch=self.batches_per_epoch, crop_samples=self.crop_lengths(),
             min_utterances=1)  # speakers below min_utterances_per_speaker were left out in __init__
 
-    def _loader_kwargs(self) -> dict:
-        return {
-            "num_workers": self.num_workers,
-            "persistent_workers": self.num_workers > 0,
-            "pin_memory": torch.cuda.is_available(),
-        }
-
     def train_dataloader(self) -> DataLoader:
         self._check_training()
         dataset = CropDataset(self.corpus, self.train_items, self.train_labels, features=self.features,
                               augment=self.augment, noise_items=self.noise_items)
         return LazyStartDataLoader(dataset, batch_sampler=self.train_sampler(), collate_fn=collate_crops,
-                                   **self._loader_kwargs())
+                                   **loader_kwargs(self.num_workers))
 
     def eval_items(self, part: str, rank: int | None = None, world_size: int | None = None) -> np.ndarray:
         """Utterances of ``part`` that ``rank`` evaluates: longest first, then every ``world_size``-th."""
@@ -326,7 +324,7 @@ class SpeakerDataModule(lightning.LightningDataModule):
     def _eval_loader(self, part: str) -> DataLoader:
         dataset = UtteranceDataset(self.corpus, self.eval_items(part), max_samples=self._eval_max_samples())
         return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_utterances,
-                          **self._loader_kwargs())
+                          **loader_kwargs(self.num_workers))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -66,6 +66,7 @@ from speakerzoo.datamodules.corpus import Corpus, CorpusError
 from speakerzoo.datamodules.datamodule import (
     LazyStartDataLoader,
     SpeakerDataModule,
+    loader_kwargs,
     rank_and_world,
     refuse_distributed_sampler,
 )
@@ -352,13 +353,6 @@ class MultiTaskDataModule(lightning.LightningDataModule):
         if self.speech is not None:
             self.speech.close()
 
-    def _loader_kwargs(self) -> dict:
-        return {
-            "num_workers": self.num_workers,
-            "persistent_workers": self.num_workers > 0,
-            "pin_memory": torch.cuda.is_available(),
-        }
-
     def _train_dataset(self) -> TranscribedDataset:
         """Speech (or joint) training utterances, in the positions the length sampler indexes."""
         if self.mode == "joint":
@@ -385,7 +379,7 @@ class MultiTaskDataModule(lightning.LightningDataModule):
             key = "joint" if self.mode == "joint" else "speech"
             sampler = self.speech_sampler()
             loaders[key] = LazyStartDataLoader(self._train_dataset(), batch_sampler=sampler,
-                                               collate_fn=collate_transcribed, **self._loader_kwargs())
+                                               collate_fn=collate_transcribed, **loader_kwargs(self.num_workers))
         if self.mode in ("disjoint", "speaker"):
             if self.mode == "disjoint":  # as many speaker batches as speech batches per epoch
                 self.speaker_data.batches_per_epoch = len(loaders["speech"].batch_sampler)
@@ -409,7 +403,7 @@ class MultiTaskDataModule(lightning.LightningDataModule):
         items = self.speech_eval_items(part)
         dataset = TranscribedDataset(self.speech, items, [self._transcripts[int(i)] for i in items])
         return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_transcribed,
-                          **self._loader_kwargs())
+                          **loader_kwargs(self.num_workers))
 
     def _eval_loaders(self, part: str) -> list[DataLoader]:
         loaders = []

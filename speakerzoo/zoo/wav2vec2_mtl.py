@@ -23,8 +23,10 @@ from torch import Tensor, nn
 from torchmetrics.text import WordErrorRate
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
+from speakerzoo.features import valid_mask
 from speakerzoo.zoo.base import SpeakerEmbeddingModule
 from speakerzoo.zoo.ctc import LIBRISPEECH_CHARACTERS, CharVocabulary, greedy_ctc
+from speakerzoo.zoo.deep_speaker import masked_mean
 from speakerzoo.zoo.ecapa import relative_lengths
 from speakerzoo.zoo.heads import AAMSoftmax
 from speakerzoo.zoo.schedules import tri_stage
@@ -45,13 +47,6 @@ class HiddenStates(NamedTuple):
     frame_lengths: Tensor
 
 
-def masked_mean(sequence: Tensor, lengths: Tensor) -> Tensor:
-    """Mean over the first ``lengths[b]`` frames of each row of ``sequence [B, frames, dim]``."""
-    valid = torch.arange(sequence.shape[1], device=sequence.device)[None] < lengths.to(sequence.device)[:, None]
-    valid = valid.unsqueeze(-1).to(sequence.dtype)
-    return (sequence * valid).sum(1) / valid.sum(1).clamp(min=1)
-
-
 class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
     """wav2vec2 with a CTC speech head and a speaker head; one or both tasks train.
 
@@ -59,7 +54,9 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
         num_speakers, sample_rate, speaker_names, init_from: see
             :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule` (``num_speakers=0``: no speaker
             classifier, e.g. single-task speech recognition; embeddings still work).
-        frontend: ``waveform`` (wav2vec2 reads raw 16 kHz audio).
+        frontend: raw audio (wav2vec2 reads 16 kHz waveforms): ``waveform_meanvar``, zero mean and
+            unit variance per utterance as wav2vec2's feature extractor does for the BASE models,
+            or ``waveform`` as it is.
         vocabulary: the CTC characters (class 0 is the blank); transcripts are lower-cased.
             Default: LibriSpeech's letters, apostrophe and space.
         pretrained: a local directory with wav2vec2 weights in transformers' format (e.g.
@@ -81,8 +78,6 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
             heads train) for the first N optimiser steps (seed: 3k), then fine-tuned.
         freeze_feature_encoder: keep the CNN feature encoder frozen throughout (seed: always);
             only worth turning off when training from random weights.
-        normalize_audio: zero mean and unit variance per utterance, as wav2vec2's feature
-            extractor does for the BASE models.
         lr, weight_decay: Adam's peak rate (the seed searched {1, 3} x 10^{-4, -5, -6}) and decay.
         warmup, hold, init_lr_scale, final_lr_scale: the tri-stage schedule over the whole run
             (:func:`~speakerzoo.zoo.schedules.tri_stage`; seed: 10 % warm-up, 40 % constant,
@@ -116,7 +111,7 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
         self,
         num_speakers: int = 0,
         sample_rate: int = 16000,
-        frontend: str | dict = "waveform",
+        frontend: str | dict = "waveform_meanvar",
         speaker_names: list[str] | None = None,
         vocabulary: str = LIBRISPEECH_CHARACTERS,
         pretrained: str | None = None,
@@ -129,7 +124,6 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
         speech_weight: float = 0.5,
         freeze_steps: int = 3000,
         freeze_feature_encoder: bool = True,
-        normalize_audio: bool = True,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         warmup: float = 0.1,
@@ -142,7 +136,7 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
                          speaker_names=speaker_names, lr=lr, weight_decay=weight_decay, init_from=init_from)
         self.save_hyperparameters()
         if self.frontend.dim is not None:
-            raise ValueError("Wav2Vec2MultiTask reads raw audio: set frontend: waveform")
+            raise ValueError("Wav2Vec2MultiTask reads raw audio: set frontend: waveform_meanvar (or waveform)")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         if not 0.0 <= speech_weight <= 1.0:
@@ -166,7 +160,6 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
             self.wav2vec2.freeze_feature_encoder()
         self.freeze_steps = int(freeze_steps)
         self.speech_weight = float(speech_weight)
-        self.normalize_audio = bool(normalize_audio)
         self.schedule = {"warmup": warmup, "hold": hold, "init_scale": init_lr_scale, "final_scale": final_lr_scale}
         hidden = self.wav2vec2.config.hidden_size
         self.pooling = pooling
@@ -214,15 +207,6 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
     def num_layers(self) -> int:
         return int(self.wav2vec2.config.num_hidden_layers)
 
-    def _normalize(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        valid = torch.arange(waveforms.shape[1], device=waveforms.device)[None] < lengths[:, None]
-        if not self.normalize_audio:
-            return waveforms * valid
-        n = lengths.clamp(min=1)[:, None].to(waveforms.dtype)
-        mean = (waveforms * valid).sum(1, keepdim=True) / n
-        var = (((waveforms - mean) * valid) ** 2).sum(1, keepdim=True) / n
-        return (waveforms - mean) / torch.sqrt(var + 1e-7) * valid
-
     def _record_input(self, module: nn.Module, args: tuple) -> None:
         if self._recorded is not None and not self._recorded:
             self._recorded.append(args[0])
@@ -246,17 +230,17 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
             encoder.layers = layers
 
     def hidden_states(self, waveforms: Tensor, lengths: Tensor | None = None, depth: int | None = None) -> HiddenStates:
-        """``C^0..C^depth`` of a batch (default: every layer), with LayerDrop in training."""
-        if lengths is None:
-            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device)
-        lengths = lengths.to(waveforms.device).long()
+        """``C^0..C^depth`` of a batch of waveforms (default: every layer), with LayerDrop in training."""
+        return self._hidden_states(*self.frontend(waveforms, lengths), depth=depth)
+
+    def _hidden_states(self, inputs: Tensor, lengths: Tensor, depth: int | None = None) -> HiddenStates:
+        """:meth:`hidden_states` of the frontend's output (the normalised audio)."""
         depth = self.num_layers if depth is None else int(depth)
-        inputs = self._normalize(waveforms, lengths)
         config = self.wav2vec2.config
         # transformers' convention: BASE models (group norm) take zero padding and no mask.
         mask = None
         if config.feat_extract_norm == "layer":
-            mask = (torch.arange(inputs.shape[1], device=inputs.device)[None] < lengths[:, None]).long()
+            mask = valid_mask(lengths, inputs.shape[1]).long()
         keep = [k for k in range(depth) if not (self.training and self.layerdrop > 0
                                                 and float(torch.rand(())) < self.layerdrop)]
         self._recorded = []
@@ -282,12 +266,13 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
 
     def encode(self, features: Tensor, frame_lengths: Tensor) -> Tensor:
         """Waveforms ``[B, T]`` with lengths in samples (the ``waveform`` frontend) -> speaker embeddings."""
-        hidden = self.hidden_states(features, frame_lengths, depth=self.speaker_layer)
+        hidden = self._hidden_states(features, frame_lengths, depth=self.speaker_layer)
         return self.pool(hidden.states[self.speaker_layer], hidden.frame_lengths)
 
-    def layer_means(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        """Every transformer layer's mean-pooled output ``[B, L, hidden]`` (the seed's Figure 1)."""
-        hidden = self.hidden_states(waveforms, lengths)
+    def layer_means(self, features: Tensor, frame_lengths: Tensor) -> Tensor:
+        """Every transformer layer's mean-pooled output ``[B, L, hidden]`` (the seed's Figure 1), of
+        the frontend's output like :meth:`encode` (``model.embed_unpadded(batch, model.layer_means)``)."""
+        hidden = self._hidden_states(features, frame_lengths)
         return torch.stack([masked_mean(s, hidden.frame_lengths) for s in hidden.states[1:]], dim=1)
 
     def ctc_logits(self, last: Tensor) -> Tensor:
@@ -323,7 +308,7 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
     def _forward(self, batch: dict[str, Tensor], depth: int) -> HiddenStates:
         context = torch.no_grad() if self.frozen else contextlib.nullcontext()
         with context:
-            return self.hidden_states(batch["waveforms"], batch["lengths"], depth=depth)
+            return self._hidden_states(*self.features(batch), depth=depth)
 
     def step_losses(self, batch: dict[str, dict]) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor] | None]:
         """The losses of one training batch ``{"speech": ..., "speaker": ..., "joint": ...}``

@@ -153,8 +153,9 @@ def run_subject(subject: str, args: argparse.Namespace) -> dict:
     for generator in args.generators:
         path = root / subject / f"synthetic_{generator}.h5"
         settings = dict(epochs=args.lstm_epochs, lstm_units=args.lstm_units, lstm_layers=args.lstm_layers, lr=args.lr) \
-            if generator == "lstm" else dict(epochs=args.gpt2_epochs, seq_len=args.gpt2_seq_len, batch_size=32, lr=args.lr,
-                                             gpt2=dict(n_layer=args.gpt2_layers, n_embd=args.gpt2_width, n_head=4))
+            if generator == "lstm" else dict(epochs=args.gpt2_epochs, seq_len=args.gpt2_seq_len, batch_size=args.gpt2_batch_size,
+                                             lr=args.gpt2_lr, gpt2=dict(n_layer=args.gpt2_layers, n_embd=args.gpt2_width, n_head=4),
+                                             sample_batch_size=256)
         start = time.time()
         _, losses, sampled = synthesize(
             args.corpus, subject, path, num_frames=max(args.sizes), architecture=generator, seed=args.seed,
@@ -218,12 +219,12 @@ def run_table2(args: argparse.Namespace, subjects: list[str]) -> list[dict]:
                                     decimals=args.decimals))
     text = "".join(texts)
     rows = []
-    settings = [("lstm", dict(lstm_units=u, lstm_layers=n), f"LSTM({','.join([str(u)] * n)})") for u, n in LSTM_GRID]
+    settings = [("lstm", dict(lstm_units=u, lstm_layers=n, lr=args.lr), f"LSTM({','.join([str(u)] * n)})") for u, n in LSTM_GRID]
     settings.append(("gpt2", dict(gpt2=dict(n_layer=args.gpt2_layers, n_embd=args.gpt2_width, n_head=4),
-                                  seq_len=args.gpt2_seq_len, batch_size=32), "GPT-2"))
+                                  seq_len=args.gpt2_seq_len, batch_size=args.gpt2_batch_size, lr=args.gpt2_lr), "GPT-2"))
     for architecture, kwargs, name in settings:
         start = time.time()
-        _, losses = train_generator(text, architecture, epochs=args.table2_epochs, seed=args.seed, lr=args.lr,
+        _, losses = train_generator(text, architecture, epochs=args.table2_epochs, seed=args.seed,
                                     logger=TensorBoardLogger(root / "tb", name="table2", version=name), **kwargs)
         loss, epoch = losses.best("train")
         val, val_epoch = losses.best("val")
@@ -316,12 +317,15 @@ def main() -> None:
     parser.add_argument("--lstm-units", type=int, default=128)
     parser.add_argument("--lstm-layers", type=int, default=1)
     parser.add_argument("--lstm-epochs", type=int, default=20)
-    parser.add_argument("--gpt2-epochs", type=int, default=6)
+    parser.add_argument("--gpt2-epochs", type=int, default=8)
     parser.add_argument("--gpt2-layers", type=int, default=2)
     parser.add_argument("--gpt2-width", type=int, default=64)
-    parser.add_argument("--gpt2-seq-len", type=int, default=200)
+    parser.add_argument("--gpt2-seq-len", type=int, default=128,
+                        help="training window, and the longest context sampling shows the model")
+    parser.add_argument("--gpt2-batch-size", type=int, default=16)
+    parser.add_argument("--gpt2-lr", type=float, default=2e-3)
     parser.add_argument("--decimals", type=int, default=1, help="digits after the point in the frame text")
-    parser.add_argument("--lr", type=float, default=5e-3, help="generator learning rate")
+    parser.add_argument("--lr", type=float, default=5e-3, help="the LSTM's learning rate")
     parser.add_argument("--table2", action="store_true", help="also run the generator benchmark (Table II)")
     parser.add_argument("--table2-epochs", type=int, default=10)
     parser.add_argument("--table2-frames", type=int, default=100, help="frames of each subject in its text")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from speakerzoo.datamodules.corpus import Corpus
@@ -112,8 +112,43 @@ def test_char_gpt2_round_trip(frame_text, real_frames):
     assert config.bos_token_id == config.eos_token_id == newline and config.resid_pdrop == 0.2
     # "\n" is the end token: generate() must not stop a block at its first line break
     _round_trip(gen, frame_text, real_frames, seq_len=128, steps=30)
-    with pytest.raises(ValueError, match="n_positions=1100"):
-        gen.sample(1, block_chars=1100)
+    # blocks longer than the model's positions: sampling slides its window
+    assert [len(b) for b in gen.sample(2, block_chars=1500, seed=0)] == [1500, 1500]
+    with pytest.raises(ValueError, match="window=1100"):
+        gen.sample(1, block_chars=10, prompt="\n" * 1100)
+
+
+def _sample_by_recomputing(gen: TextGenerator, prompt: Tensor, n: int, block_chars: int, seed: int) -> Tensor:
+    """The reference of the windowed sampler: every step runs the model on the whole context
+    (at most ``gen.window`` characters, restarted from its last three quarters when full)."""
+    generator = torch.Generator().manual_seed(seed)
+    window, keep = gen.window, gen.window * 3 // 4
+    text, start = prompt.expand(n, -1), 0
+    while text.shape[1] < len(prompt) + block_chars:
+        if text.shape[1] - start > window:
+            start = text.shape[1] - keep
+        logits = gen.model(input_ids=text[:, start:]).logits[:, -1]
+        token = torch.multinomial(torch.softmax(logits.float(), dim=-1), 1, generator=generator)
+        text = torch.cat([text, token], dim=1)
+    return text[:, len(prompt):]
+
+
+def test_char_gpt2_sampler_equals_recomputing_the_window_every_step(frame_text):
+    """The KV-cache sampler shows the model exactly the contexts a full recomputation would,
+    positions from 0 after every restart (float64, so the draws cannot differ by rounding)."""
+    torch.manual_seed(0)
+    gen = TextGenerator("gpt2", alphabet=frame_text, gpt2=TINY_GPT2, window=24).double().eval()
+    with torch.no_grad():  # a sharper model than random init, so that a wrong context shows
+        for p in gen.model.parameters():
+            p.mul_(4)
+    blocks = gen.sample(3, block_chars=90, seed=5)
+    with torch.no_grad():
+        reference = _sample_by_recomputing(gen, gen.encode("\n"), 3, 90, seed=5)
+    assert blocks == [gen.decode(row) for row in reference]
+    # a model that saw all 1,100 positions would draw other characters once past the window
+    wide = TextGenerator("gpt2", alphabet=frame_text, gpt2=TINY_GPT2).double().eval()
+    wide.load_state_dict(gen.state_dict())
+    assert wide.window == 1100 and wide.sample(3, block_chars=90, seed=5) != blocks
 
 
 def _save_tiny_pretrained(directory, text: str):

@@ -154,8 +154,7 @@ def run_subject(subject: str, args: argparse.Namespace) -> dict:
         path = root / subject / f"synthetic_{generator}.h5"
         settings = dict(epochs=args.lstm_epochs, lstm_units=args.lstm_units, lstm_layers=args.lstm_layers, lr=args.lr) \
             if generator == "lstm" else dict(epochs=args.gpt2_epochs, seq_len=args.gpt2_seq_len, batch_size=args.gpt2_batch_size,
-                                             lr=args.gpt2_lr, gpt2=dict(n_layer=args.gpt2_layers, n_embd=args.gpt2_width, n_head=4),
-                                             sample_batch_size=256)
+                                             lr=args.gpt2_lr, gpt2=dict(n_layer=args.gpt2_layers, n_embd=args.gpt2_width, n_head=4))
         start = time.time()
         _, losses, sampled = synthesize(
             args.corpus, subject, path, num_frames=max(args.sizes), architecture=generator, seed=args.seed,
@@ -304,6 +303,9 @@ def table4(results: list[dict]) -> str:
 
 
 def main() -> None:
+    from speakerzoo.commands.synthesize import GENERATOR_SETTINGS
+
+    lstm, gpt2 = GENERATOR_SETTINGS["lstm"], GENERATOR_SETTINGS["gpt2"]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default="data/fsdd8k.h5", help="corpus with cached mfcc26 (default: %(default)s)")
@@ -316,16 +318,16 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=25)
     parser.add_argument("--lstm-units", type=int, default=128)
     parser.add_argument("--lstm-layers", type=int, default=1)
-    parser.add_argument("--lstm-epochs", type=int, default=20)
-    parser.add_argument("--gpt2-epochs", type=int, default=8)
-    parser.add_argument("--gpt2-layers", type=int, default=2)
-    parser.add_argument("--gpt2-width", type=int, default=64)
-    parser.add_argument("--gpt2-seq-len", type=int, default=128,
+    parser.add_argument("--lstm-epochs", type=int, default=lstm["epochs"])
+    parser.add_argument("--gpt2-epochs", type=int, default=gpt2["epochs"])
+    parser.add_argument("--gpt2-layers", type=int, default=gpt2["gpt2"]["n_layer"])
+    parser.add_argument("--gpt2-width", type=int, default=gpt2["gpt2"]["n_embd"])
+    parser.add_argument("--gpt2-seq-len", type=int, default=gpt2["seq_len"],
                         help="training window, and the longest context sampling shows the model")
-    parser.add_argument("--gpt2-batch-size", type=int, default=16)
-    parser.add_argument("--gpt2-lr", type=float, default=2e-3)
+    parser.add_argument("--gpt2-batch-size", type=int, default=gpt2["batch_size"])
+    parser.add_argument("--gpt2-lr", type=float, default=gpt2["lr"])
     parser.add_argument("--decimals", type=int, default=1, help="digits after the point in the frame text")
-    parser.add_argument("--lr", type=float, default=5e-3, help="the LSTM's learning rate")
+    parser.add_argument("--lr", type=float, default=lstm["lr"], help="the LSTM's learning rate")
     parser.add_argument("--table2", action="store_true", help="also run the generator benchmark (Table II)")
     parser.add_argument("--table2-epochs", type=int, default=10)
     parser.add_argument("--table2-frames", type=int, default=100, help="frames of each subject in its text")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from speakerzoo.commands.synthesize import EpochLosses, main, sample_frames, synthesize, train_generator
+from speakerzoo.commands.synthesize import GENERATOR_SETTINGS, EpochLosses, main, sample_frames, synthesize, train_generator
 from speakerzoo.datamodules import FrameDataModule
 from speakerzoo.datamodules.frames import read_frame_file
 from speakerzoo.frame_text import frames_to_text
@@ -47,6 +47,23 @@ def test_an_untrained_generator_fails_with_the_fix(fsdd_corpus):
     generator, _ = train_generator(text, "lstm", lstm_units=8, epochs=1, seq_len=50, batch_size=64)
     with pytest.raises(RuntimeError, match="has not learnt the frame format; train it for more epochs"):
         sample_frames(generator, 1000, max_blocks=8, batch_size=8)
+
+
+def test_each_generator_trains_with_its_own_settings_unless_given(fsdd_corpus):
+    """GPT-2 on characters gets its measured recipe (2 x 64, windows of 128 that also bound its
+    sampling context), the LSTM its own; a given setting wins."""
+    frames = FrameDataModule(str(fsdd_corpus), subject="theo", subject_utterances=2).subject_frames()
+    text = frames_to_text(frames[:40], np.ones(40, int))
+    gpt2, losses = train_generator(text, "gpt2", epochs=1)
+    recipe = GENERATOR_SETTINGS["gpt2"]
+    assert (gpt2.model.config.n_layer, gpt2.model.config.n_embd) == (2, 64) == \
+        (recipe["gpt2"]["n_layer"], recipe["gpt2"]["n_embd"])
+    assert gpt2.window == recipe["seq_len"] == 128 and gpt2.hparams.lr == recipe["lr"] and len(losses.train) == 1
+    assert train_generator(text, "gpt2", epochs=1, seq_len=64)[0].window == 64
+    lstm, _ = train_generator(text, "lstm", lstm_units=8, epochs=1)
+    assert lstm.hparams.lr == GENERATOR_SETTINGS["lstm"]["lr"] != recipe["lr"]
+    with pytest.raises(ValueError, match="unknown generator 'rnn'; choose one of lstm, gpt2"):
+        train_generator(text, "rnn")
 
 
 def test_epoch_losses_best():

@@ -30,7 +30,8 @@ best loss and its epoch.
 Scores are those of the paper: accuracy and the weighted-average F1, precision and recall (each
 class's score weighted by its frames), plus the macro F1. Results go to ``ROOT/results.md`` and
 ``ROOT/results.json``, TensorBoard runs (every DNN and generator) to ``ROOT/tb``. A subject whose
-``ROOT/SUBJECT/results.json`` exists is not run again.
+``ROOT/SUBJECT/results.json`` exists only runs the generators it lacks, so that
+``--generators gpt2`` after a ``--generators lstm`` run adds the GPT-2 column to the same tables.
 """
 
 from __future__ import annotations
@@ -138,19 +139,21 @@ def run_subject(subject: str, args: argparse.Namespace) -> dict:
 
     root = Path(args.root)
     done = root / subject / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    result = json.loads(done.read_text()) if done.is_file() else None
+    missing = [g for g in args.generators if result is None or g not in result["generators"]]
+    if result is not None and not missing:
+        return result
     (root / subject).mkdir(parents=True, exist_ok=True)
     common = dict(subject=subject, subject_utterances=args.subject_utterances, seed=args.seed)
     real = FrameDataModule(args.corpus, **common)
-    counts = real.class_counts().tolist()
-    runs: list[dict] = []
-    for repeat in range(args.repeats):
-        seed = args.seed + repeat
-        runs.append({"generator": None, "synthetic": 0, "repeat": repeat,
-                     **fit_dnn(real, root, subject, f"baseline_r{repeat}", seed=seed, patience=args.patience)})
-    generators = {}
-    for generator in args.generators:
+    if result is None:  # a finished subject only gains the generators it lacks
+        result = {"subject": subject, "train_frames": real.class_counts().tolist(), "runs": [], "generators": {}}
+        for repeat in range(args.repeats):
+            seed = args.seed + repeat
+            result["runs"].append({"generator": None, "synthetic": 0, "repeat": repeat,
+                                   **fit_dnn(real, root, subject, f"baseline_r{repeat}", seed=seed, patience=args.patience)})
+    runs, generators = result["runs"], result["generators"]
+    for generator in missing:
         path = root / subject / f"synthetic_{generator}.h5"
         settings = dict(epochs=args.lstm_epochs, lstm_units=args.lstm_units, lstm_layers=args.lstm_layers, lr=args.lr) \
             if generator == "lstm" else dict(epochs=args.gpt2_epochs, seq_len=args.gpt2_seq_len, batch_size=args.gpt2_batch_size,
@@ -171,8 +174,7 @@ def run_subject(subject: str, args: argparse.Namespace) -> dict:
                 runs.append({"generator": generator, "synthetic": size, "repeat": repeat,
                              **two_stages(pretrain_data, real, root, subject, f"{generator}{size}_r{repeat}", seed,
                                           args.patience)})
-    result = {"subject": subject, "train_frames": counts, "runs": runs, "generators": generators}
-    if args.baselines:
+    if args.baselines and "classical" not in result:
         result["classical"] = classical_baselines(real, args.seed)
     done.write_text(json.dumps(result, indent=1))
     return result
@@ -244,46 +246,63 @@ def _cells(runs: list[dict]) -> str:
     return f"{100 * _mean(runs, 'acc'):.2f} | " + " | ".join(f"{_mean(runs, k):.3f}" for k in ("f1", "precision", "recall"))
 
 
-def table3(results: list[dict], args: argparse.Namespace) -> tuple[str, dict]:
-    """Table III as Markdown (means over repeats) and the summary of whether pre-training helped."""
-    gens = [g for g in GENERATORS if g in args.generators]
+def table3(results: list[dict]) -> tuple[str, dict[str, dict]]:
+    """Table III as Markdown (means over repeats; a column group per generator the results hold)
+    and, per generator, the summary of whether pre-training on its frames helped."""
+    gens = [g for g in GENERATORS if any(g in res["generators"] for res in results)]
     head = "| subject | synthetic | " + " | ".join(f"{g.upper()} acc % | F1 | prec. | rec." for g in gens) + " |"
     lines = [head, "|" + "---|" * (2 + 4 * len(gens))]
-    summary = {"subjects": len(results), "best_is_synthetic": 0, "mean_gain_pp": [], "best_gain_pp": [],
-               "configs_better": 0, "configs": 0}
+    summary = {g: {"subjects": 0, "best_is_synthetic": 0, "best_gain_pp": [], "mean_gain_pp": [], "configs_better": 0,
+                   "configs": 0, "mean_gain_over_control_pp": []} for g in gens}
+    sizes = sorted({r["synthetic"] for res in results for r in res["runs"] if r["synthetic"]})
     for res in results:
         runs = res["runs"]
         base = [r for r in runs if r["synthetic"] == 0]
+        base_acc = _mean(base, "acc")
         lines.append(f"| {res['subject']} | 0 | " + " | ".join(_cells(base) for _ in gens) + " |")
         control = res.get("control") or []
         if control:
             lines.append("| | 0, two stages | " + " | ".join(_cells(control) for _ in gens) + " |")
-            summary.setdefault("control_gain_pp", []).append(100 * (_mean(control, "acc") - _mean(base, "acc")))
-            summary.setdefault("mean_gain_over_control_pp", [])
-        accs = []
-        for size in args.sizes:
-            cells = []
-            for g in gens:
-                mine = [r for r in runs if r["generator"] == g and r["synthetic"] == size]
-                cells.append(_cells(mine))
-                accs.append(_mean(mine, "acc"))
+        for size in sizes:
+            cells = [_cells(mine) if (mine := [r for r in runs if r["generator"] == g and r["synthetic"] == size]) else
+                     "– | – | – | –" for g in gens]
             lines.append(f"| | {size} | " + " | ".join(cells) + " |")
-        base_acc = _mean(base, "acc")
-        summary["best_is_synthetic"] += max(accs) > base_acc
-        summary["best_gain_pp"].append(100 * (max(accs) - base_acc))
-        summary["mean_gain_pp"].append(100 * (float(np.mean(accs)) - base_acc))
-        summary["configs_better"] += sum(a > base_acc for a in accs)
-        if control:
-            summary["mean_gain_over_control_pp"].append(100 * (float(np.mean(accs)) - _mean(control, "acc")))
-        summary["configs"] += len(accs)
-    avg = []
-    for g in gens:
-        mine = [r for res in results for r in res["runs"] if r["generator"] == g]
-        avg.append(_cells(mine))
+        for g in gens:
+            accs = [_mean([r for r in runs if r["generator"] == g and r["synthetic"] == size], "acc")
+                    for size in sorted({r["synthetic"] for r in runs if r["generator"] == g})]
+            if not accs:
+                continue
+            mine = summary[g]
+            mine["subjects"] += 1
+            mine["best_is_synthetic"] += max(accs) > base_acc
+            mine["best_gain_pp"].append(100 * (max(accs) - base_acc))
+            mine["mean_gain_pp"].append(100 * (float(np.mean(accs)) - base_acc))
+            mine["configs_better"] += sum(a > base_acc for a in accs)
+            mine["configs"] += len(accs)
+            if control:
+                mine["control_gain_pp"] = [*mine.get("control_gain_pp", []), 100 * (_mean(control, "acc") - base_acc)]
+                mine["mean_gain_over_control_pp"].append(100 * (float(np.mean(accs)) - _mean(control, "acc")))
     base_all = [r for res in results for r in res["runs"] if r["synthetic"] == 0]
     lines.append("| **mean** | 0 | " + " | ".join(_cells(base_all) for _ in gens) + " |")
-    lines.append("| **mean** | all sizes | " + " | ".join(avg) + " |")
+    lines.append("| **mean** | all sizes | " + " | ".join(
+        _cells([r for res in results for r in res["runs"] if r["generator"] == g]) for g in gens) + " |")
     return "\n".join(lines), summary
+
+
+def summary_text(generator: str, summary: dict) -> str:
+    """One generator's Table III summary in words."""
+    def pp(values: list[float]) -> str:
+        return ", ".join(f"{v:+.2f}" for v in values)
+
+    text = (f"{generator.upper()}: best result with synthetic pre-training for {summary['best_is_synthetic']} of "
+            f"{summary['subjects']} subjects; {summary['configs_better']} of {summary['configs']} pre-trained "
+            f"configurations beat their subject's baseline; accuracy gain of the best configuration per subject (pp): "
+            f"{pp(summary['best_gain_pp'])}; of the mean over all configurations: {pp(summary['mean_gain_pp'])}.")
+    if summary.get("control_gain_pp"):
+        text += (f" Two stages without synthetic frames against the baseline (pp): {pp(summary['control_gain_pp'])}; "
+                 f"mean of the synthetic configurations against that control (pp): "
+                 f"{pp(summary['mean_gain_over_control_pp'])}.")
+    return text
 
 
 def table4(results: list[dict]) -> str:
@@ -349,18 +368,10 @@ def main() -> None:
         table2_rows = table2_job.result() if table2_job else None
     for result, control in zip(results, controls):
         result["control"] = control
-    text3, summary = table3(results, args)
+    text3, summary = table3(results)
     report = [f"# Seed 000 in miniature: {args.corpus}, subject utterances {args.subject_utterances}, "
-              f"repeats {args.repeats}", "", "## Table III", "", text3, "",
-              f"Best result with synthetic pre-training for {summary['best_is_synthetic']} of {summary['subjects']} "
-              f"subjects; {summary['configs_better']} of {summary['configs']} pre-trained configurations beat their "
-              f"subject's baseline; accuracy gain of the best configuration per subject (pp): "
-              f"{', '.join(f'{g:+.2f}' for g in summary['best_gain_pp'])}; of the mean over all configurations: "
-              f"{', '.join(f'{g:+.2f}' for g in summary['mean_gain_pp'])}.", ""]
-    if "control_gain_pp" in summary:
-        report += [f"Two stages without synthetic frames against the baseline (pp): "
-                   f"{', '.join(f'{g:+.2f}' for g in summary['control_gain_pp'])}; mean of the synthetic configurations "
-                   f"against that control (pp): {', '.join(f'{g:+.2f}' for g in summary['mean_gain_over_control_pp'])}.", ""]
+              f"repeats {args.repeats}", "", "## Table III", "", text3, ""]
+    report += [line for g, mine in summary.items() for line in (summary_text(g, mine), "")]
     if args.baselines:
         report += ["## Table IV", "", table4(results), ""]
     if table2_rows:

@@ -282,7 +282,7 @@ class TextGenerator(L.LightningModule):
         from transformers import StaticCache
 
         window = self.window
-        keep = max(len(prompt_ids), window * 3 // 4)
+        keep = max(1, window * 3 // 4)
         cache = StaticCache(config=self.model.config, max_cache_len=window)
         text = torch.cat([prompt_ids.expand(n, -1), torch.empty(n, block_chars, dtype=torch.long,
                                                                  device=self.device)], dim=1)

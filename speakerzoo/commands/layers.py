@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from speakerzoo.argtypes import positive_float, positive_int
+from speakerzoo.atomic import replaced_on_success
 from speakerzoo.commands.embed import device_from_name
 from speakerzoo.commands.enrol import run_command
 from speakerzoo.datamodules.corpus import CorpusError
@@ -111,18 +111,9 @@ def draw(results: list[dict[str, float]], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through ``write(temporary path)`` and rename, so an old file is never half-overwritten."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replaced_on_success(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,7 +124,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report = {"model": source, "corpus": str(args.corpus), "split": args.split, "part": args.part,
               "speaker_layer": model.speaker_layer, "pooling": "mean", "layers": results}
     if args.output:
-        _atomic(args.output, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        with replaced_on_success(args.output) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
     if args.plot:
         draw(results, args.plot, f"{source} on {Path(args.corpus).name} ({args.split} split, {args.part})")
     return report

@@ -786,6 +786,18 @@ def _load_weights(
                       fresh=[k for k in own if k not in state])
 
 
+def local_weights_dir(directory: str | Path, what: str, files: str, example: str) -> Path:
+    """``directory``, a local ``save_pretrained`` directory of ``what`` weights (nothing is ever
+    downloaded); FileNotFoundError naming the files it needs (``files``, e.g. of ``example``) and
+    the fix when it has no ``config.json``."""
+    path = Path(directory).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: no {what} weights there (need config.json and {files} from save_pretrained, e.g. of "
+            f"{example}); give another directory, or pretrained: null to start from random weights")
+    return path
+
+
 def _initial_train_seed() -> int:
     """The ``seed_everything`` seed (``PL_GLOBAL_SEED``), else the torch generator's initial seed
     (``torch.manual_seed``'s, or the random one torch starts with); draws nothing from it."""

@@ -57,7 +57,6 @@ import importlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 import types
@@ -74,6 +73,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from speakerzoo import __version__
+from speakerzoo.atomic import replaced_on_success
 from speakerzoo.zoo.base import SpeakerEmbeddingModule
 
 INSTALL_HINT = "pip install 'speakerzoo[export]'"
@@ -315,14 +315,6 @@ def _example(model: SpeakerEmbeddingModule, seconds: Sequence[float], seed: int 
     return waveforms, lengths
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-
-
 def _worst(exported: Tensor, reference: Tensor) -> tuple[float, float, float]:
     """Largest absolute difference, smallest cosine, largest absolute reference value."""
     a, b = exported.double(), reference.double()
@@ -392,12 +384,8 @@ def to_torchscript(
                     "to the example input"
                 )
         extra = {f"{METADATA_KEY}.json": json.dumps(export_metadata(model), sort_keys=True)}
-        tmp = _temporary(path)
-        try:
+        with replaced_on_success(path) as tmp:
             torch.jit.save(module, str(tmp), _extra_files=extra)
-            _replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     return ExportResult(path, "torchscript", used, time.perf_counter() - start, notes)
 
 
@@ -436,9 +424,8 @@ def to_onnx(
     path = Path(path)
     start = time.perf_counter()
     notes: list[str] = []
-    tmp = _temporary(path)
     used = ""
-    try:
+    with replaced_on_success(path) as tmp:
         with _EvalMode(model), torch.no_grad(), export_patches(), _quiet_exporter():
             if exporter == "auto" and opset < 18:
                 notes.append(f"opset {opset}: the dynamo exporter writes opset >= 18, so the legacy exporter was used")
@@ -473,9 +460,6 @@ def to_onnx(
         proto.doc_string = f"speakerzoo {meta['model_class']}: waveforms, lengths -> embeddings"
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        _replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(path, "onnx", used, time.perf_counter() - start, notes)
 
 

@@ -20,7 +20,6 @@ cosine scoring.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 from transformers import ResNetConfig, ResNetModel
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from speakerzoo.zoo.base import SpeakerEmbeddingModule
+from speakerzoo.zoo.base import SpeakerEmbeddingModule, local_weights_dir
 from speakerzoo.zoo.heads import SoftmaxHead
 from speakerzoo.zoo.mfcc_image import MFCCImage
 
@@ -137,12 +136,7 @@ class ResNetMFCC(SpeakerEmbeddingModule):
 
     def load_backbone(self, directory: str) -> None:
         """Copy ImageNet weights from a local transformers directory into the backbone."""
-        path = Path(directory).expanduser()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{path}: no ResNet weights there (need config.json and model.safetensors from "
-                "save_pretrained, e.g. of microsoft/resnet-50); give another directory, or "
-                "pretrained: null to start from random weights")
+        path = local_weights_dir(directory, "ResNet", "model.safetensors", "microsoft/resnet-50")
         source = ResNetModel.from_pretrained(str(path), local_files_only=True)
         try:
             self.backbone.load_state_dict(source.state_dict(), strict=True)

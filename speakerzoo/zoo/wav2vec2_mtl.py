@@ -12,7 +12,6 @@ single-task; the batches come from :class:`~speakerzoo.datamodules.multitask.Mul
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 import torch
@@ -24,7 +23,7 @@ from torchmetrics.text import WordErrorRate
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from speakerzoo.features import valid_mask
-from speakerzoo.zoo.base import SpeakerEmbeddingModule
+from speakerzoo.zoo.base import SpeakerEmbeddingModule, local_weights_dir
 from speakerzoo.zoo.ctc import LIBRISPEECH_CHARACTERS, CharVocabulary, greedy_ctc
 from speakerzoo.zoo.deep_speaker import masked_mean
 from speakerzoo.zoo.ecapa import relative_lengths
@@ -181,12 +180,8 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
     def _build_wav2vec2(self, pretrained: str | None, overrides: dict) -> Wav2Vec2Model:
         base: dict = {}  # Wav2Vec2Config's defaults are the BASE layout
         if pretrained is not None:
-            path = Path(pretrained).expanduser()
-            if not (path / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"{path}: no wav2vec2 weights there (need config.json and model.safetensors or "
-                    "pytorch_model.bin from save_pretrained, e.g. of facebook/wav2vec2-base); give another "
-                    "directory, or pretrained: null to start from random weights")
+            path = local_weights_dir(pretrained, "wav2vec2", "model.safetensors or pytorch_model.bin",
+                                     "facebook/wav2vec2-base")
             base = Wav2Vec2Config.from_pretrained(str(path), local_files_only=True).to_dict()
         unknown = sorted(k for k in overrides if k not in Wav2Vec2Config().to_dict())
         if unknown:

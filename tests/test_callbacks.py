@@ -235,7 +235,18 @@ def test_projector(run):
 # --------------------------------------------------------------------------- without TensorBoard, open set
 
 
-def test_csv_logger_and_open_set_split(tmp_path, caplog):
+class RecordList(logging.Handler):
+    """The records one logger emits, whether or not that logger propagates to the root."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_csv_logger_and_open_set_split(tmp_path):
     # 12 toy speakers split by speaker: the validation speakers are no training classes.
     corpus = prepare_toy(tmp_path / "toy.h5", speakers=12, utterances=6, seed=0, features=("fbank80",),
                          progress=False)
@@ -243,19 +254,24 @@ def test_csv_logger_and_open_set_split(tmp_path, caplog):
                            speakers_per_batch=4, utterances_per_speaker=2, batches_per_epoch=2,
                            eval_max_seconds=1.0, num_workers=0)
     logger = CSVLogger(str(tmp_path), name="csv")
-    # Lightning's logger does not propagate to the root logger that caplog listens to.
+    # rank_zero_info logs to this logger. Whether it also propagates to the root logger depends on
+    # whether the root had handlers when lightning was first imported, so the records are read
+    # here, at the logger itself, by a handler of the test's own.
     messages = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    messages.addHandler(caplog.handler)
+    records = RecordList()
+    level = messages.level
+    messages.addHandler(records)
+    messages.setLevel(logging.INFO)
     try:
-        with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             trainer, model, cbs = train(dm, logger)
     finally:
-        messages.removeHandler(caplog.handler)
+        messages.removeHandler(records)
+        messages.setLevel(level)
     no_tb = [str(w.message) for w in caught if "no TensorBoardLogger" in str(w.message)]
     assert sorted(m.split(":")[0] for m in no_tb) == sorted(type(c).__name__ for c in cbs)  # once each
-    open_set = [r.getMessage() for r in caplog.records if "no val utterance belongs to a training class" in
-                r.getMessage()]
+    open_set = [m for m in records.messages if "no val utterance belongs to a training class" in m]
     assert len(open_set) == 1
     with open(Path(logger.log_dir) / "metrics.csv") as f:
         columns = set(next(csv.reader(f)))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -24,6 +26,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 # them by class name alone (``class_path: ECAPA``).
 import speakerzoo.datamodules  # noqa: F401
 import speakerzoo.zoo  # noqa: F401
+from speakerzoo.zoo.checkpoint import InvalidCheckpointError, read_checkpoint_file
+
+#: ``--ckpt_path`` values that Lightning resolves itself to a checkpoint its own callbacks wrote.
+CKPT_KEYWORDS = ("best", "last", "hpc")
 
 DESCRIPTION = """speakerzoo: train, evaluate and use speaker recognition models.
 
@@ -69,6 +75,73 @@ class SpeakerZooCLI(LightningCLI):
                 "init_args": {"save_dir": "runs", "name": "speakerzoo"},
             },
         })
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check ``--ckpt_path`` before Lightning reads it.
+
+        Lightning would unpickle a remote checkpoint with ``weights_only=False`` (running any code
+        in it), and would let a local checkpoint's ``hyper_parameters`` choose the model class and
+        its arguments over the user's config. Here a checkpoint is a local file that loads as plain
+        data, is always loaded weights-only, and must hold the model class the config asks for.
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        try:
+            check_ckpt_path(self.config[subcommand])
+        except InvalidCheckpointError as error:
+            print(f"speakerzoo {subcommand}: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
+def check_ckpt_path(config: Any) -> None:
+    """Refuse a subcommand's ``ckpt_path`` that is remote, unsafe to read or of another model class
+    than ``config.model`` (:class:`InvalidCheckpointError`); force weights-only loading."""
+    if "weights_only" in config:
+        if config["weights_only"] is False:
+            raise InvalidCheckpointError("--weights_only false: speakerzoo loads checkpoints as plain data only")
+        config["weights_only"] = True
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path is None or str(ckpt_path) in CKPT_KEYWORDS:
+        return
+    checkpoint = read_checkpoint_file(str(ckpt_path))
+    model = config.get("model")
+    wanted = model.get("class_path") if model is not None and hasattr(model, "get") else None
+    if wanted is None:
+        return
+    for recorded in recorded_class_paths(checkpoint):
+        if not same_class(recorded, str(wanted)):
+            raise InvalidCheckpointError(
+                f"{ckpt_path} holds a {recorded} model, but the config asks for {wanted}. A checkpoint does "
+                "not choose the model: pass the config it was trained with (its run folder holds "
+                "config.yaml), or a checkpoint of this model."
+            )
+
+
+def recorded_class_paths(checkpoint: Mapping[str, Any]) -> list[str]:
+    """The model classes a checkpoint records: LightningCLI's ``hyper_parameters._class_path`` (what
+    Lightning would build from it) and speakerzoo's own metadata."""
+    found = []
+    for entry, key in ((checkpoint.get("hyper_parameters"), "_class_path"), (checkpoint.get("speakerzoo"), "class_path")):
+        if isinstance(entry, Mapping) and isinstance(entry.get(key), str):
+            found.append(entry[key])
+    return found
+
+
+def same_class(recorded: str, wanted: str) -> bool:
+    """Whether two class paths name one class, compared as text (nothing the checkpoint names is
+    imported): ``speakerzoo.zoo.ECAPA`` is ``speakerzoo.zoo.ecapa.ECAPA``, re-exported."""
+    if recorded == wanted:
+        return True
+    try:
+        module, _, name = wanted.rpartition(".")
+        klass = getattr(importlib.import_module(module), name)  # the user's own config: safe to import
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return recorded == f"{klass.__module__}.{klass.__qualname__}" or (
+        recorded.rpartition(".")[2] == klass.__name__ and klass.__module__.startswith(recorded.rpartition(".")[0])
+    )
 
 
 def run_lightning(argv: list[str] | None = None) -> None:

@@ -33,12 +33,9 @@ from speakerzoo import __version__
 from speakerzoo.features import FeatureConfig, Frontend
 from speakerzoo.scoring import EqualErrorRate, MinDCF, Trials, eer_threshold, score_trials, subset_trials
 from speakerzoo.zoo import registry as _registry
+from speakerzoo.zoo.checkpoint import InvalidCheckpointError, read_checkpoint_file
 
 Batch = dict[str, Tensor]
-
-
-class InvalidCheckpointError(ValueError):
-    """A file that :meth:`SpeakerEmbeddingModule.from_pretrained` cannot rebuild a model from."""
 
 
 @dataclasses.dataclass
@@ -713,18 +710,7 @@ def _read_checkpoint(
         if candidate.exists():
             raise FileNotFoundError(f"checkpoint {str(candidate)!r} does not exist or is not a file")
         path, entry = _registry.resolve_entry(source, registry)
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises several types for bad files
-        if "weights only" in str(error).lower() or "weights_only" in str(error):
-            raise InvalidCheckpointError(
-                f"{path}: refusing to load, the file holds objects other than plain data and tensors "
-                f"(torch.load(weights_only=True) says: {str(error).splitlines()[0]})"
-            ) from error
-        raise InvalidCheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or another kind of file): "
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        ) from error
+    checkpoint = read_checkpoint_file(path, map_location)
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise InvalidCheckpointError(f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict')")
     meta = checkpoint.get("speakerzoo")

@@ -27,7 +27,8 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
 from speakerzoo.features import Frontend
-from speakerzoo.zoo.base import InvalidCheckpointError, LoadReport, _load_weights
+from speakerzoo.zoo.base import LoadReport, _load_weights
+from speakerzoo.zoo.checkpoint import read_checkpoint_file
 
 __all__ = ["FrameDNN", "frame_metrics"]
 
@@ -135,10 +136,7 @@ class FrameDNN(lightning.LightningModule):
         """Copy a FrameDNN checkpoint's weights into this model (the shared loader of the zoo): the
         output layer only when its shape fits, everything else exactly; this model's class
         weights stay its own."""
-        path = Path(path)
-        if not path.exists():
-            raise InvalidCheckpointError(f"{path}: no such checkpoint to initialise a FrameDNN from")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint_file(path)
         state = {k: v for k, v in checkpoint.get("state_dict", {}).items() if k != "class_weight"}
         state["class_weight"] = self.class_weight
         return _load_weights(self, state, str(path), "speakerzoo.zoo.FrameDNN", head="fit",

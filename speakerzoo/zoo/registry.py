@@ -332,13 +332,12 @@ def class_matches(registered: str, actual: str) -> bool:
 
 def checkpoint_class(path: str | Path) -> str:
     """The model class path a speakerzoo checkpoint records (read with ``weights_only=True``)."""
-    import torch  # only here: reading a registry needs no torch
+    from speakerzoo.zoo.checkpoint import InvalidCheckpointError, read_checkpoint_file  # reading a registry needs no torch
 
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises several types for bad files
-        raise RegistryError(f"{path} is not a readable weights-only PyTorch checkpoint: "
-                            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from error
+        checkpoint = read_checkpoint_file(path)
+    except InvalidCheckpointError as error:
+        raise RegistryError(str(error)) from None
     meta = checkpoint.get("speakerzoo") if isinstance(checkpoint, Mapping) else None
     if not isinstance(meta, Mapping) or "class_path" not in meta:
         raise RegistryError(f"{path} is not a speakerzoo checkpoint (no 'speakerzoo' entry with a class path)")

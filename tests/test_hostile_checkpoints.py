@@ -144,3 +144,25 @@ def test_a_damaged_ckpt_path_is_named_plainly(ecapa_ckpt, toy, tmp_path, damage,
     err = run_cli(capsys, "test", "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", f"--ckpt_path={bad}")
     assert f"{bad} is not a PyTorch checkpoint" in err
     assert "weights_only=False" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["verify", "embed", "identify"])
+def test_commands_check_the_registry_class_of_a_name(ecapa_ckpt, fsdd_root, tmp_path, monkeypatch, command, capsys):
+    # A registry entry whose class is not the file's: export refused it, verify/embed/identify did not.
+    from speakerzoo.zoo import registry as reg
+
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(
+        f"wrong:\n  path: {ecapa_ckpt}\n  sha256: {reg.sha256_of(ecapa_ckpt)}\n"
+        "  class: speakerzoo.zoo.se_cnn_bigru.SECNNBiGRU\n  corpus: toy\n  eer: 0.2\n")
+    monkeypatch.setenv("SPEAKERZOO_REGISTRY", str(registry))
+    wavs = sorted((fsdd_root / "recordings").glob("*_george_*.wav"))[:2]
+    args = {"verify": ["verify", "--checkpoint", "wrong", *map(str, wavs)],
+            "identify": ["identify", "--checkpoint", "wrong", "--enrol", f"george={wavs[0]}", str(wavs[1])],
+            "embed": ["embed", "--checkpoint", "wrong", "--output", str(tmp_path / "e.h5"), str(fsdd_root / "recordings")]}
+    with pytest.raises(SystemExit) as exit_info:
+        cli(*args[command])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "registry entry 'wrong' says class speakerzoo.zoo.se_cnn_bigru.SECNNBiGRU" in err
+    assert not (tmp_path / "e.h5").exists()

@@ -78,13 +78,18 @@ def test_name_resolution_relative_path_and_env(ckpt, tmp_path, monkeypatch):
     # the default registry comes from $SPEAKERZOO_REGISTRY
     monkeypatch.setenv("SPEAKERZOO_REGISTRY", str(registry))
     assert same_weights(ECAPA.from_pretrained("tiny"), ckpt)
-    # an existing file wins over a registered name
+    # A file in the working directory named like an entry does not replace the registered (and
+    # checked) file; a path with a folder loads that file. Unregistered bare names are paths.
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(1)
     other = save_checkpoint(ECAPA(num_speakers=3, **TINY), tmp_path / "tiny")
-    assert resolve("tiny") == Path("tiny")
-    assert same_weights(SpeakerEmbeddingModule.from_pretrained("tiny"), other)
-    assert not same_weights(SpeakerEmbeddingModule.from_pretrained("tiny"), ckpt)
+    assert resolve("tiny") == tmp_path / "models" / "tiny.ckpt"
+    assert same_weights(SpeakerEmbeddingModule.from_pretrained("tiny"), ckpt)
+    assert SpeakerEmbeddingModule.from_pretrained("tiny").checkpoint_path == tmp_path / "models" / "tiny.ckpt"
+    assert resolve("./tiny") == Path("tiny") and resolve(Path("tiny")) == Path("tiny")
+    assert same_weights(SpeakerEmbeddingModule.from_pretrained("./tiny"), other)
+    shutil.copy(other, tmp_path / "untitled.ckpt")
+    assert same_weights(SpeakerEmbeddingModule.from_pretrained("untitled.ckpt"), other)
 
 
 def test_a_tampered_checkpoint_is_rejected(ckpt, tmp_path):
@@ -195,7 +200,7 @@ def test_shipped_registry_documents_the_format_and_is_empty(monkeypatch):
     assert reg.default_registry_path() == shipped
 
 
-def test_checkpoints_command_add_list_verify(ckpt, tmp_path, capsys):
+def test_checkpoints_command_add_list_verify(ckpt, tmp_path, capsys, monkeypatch):
     registry = tmp_path / "registry.yaml"
     shutil.copy(REPO / "checkpoints" / "registry.yaml", registry)  # the documented, empty one
     assert cli("checkpoints", "add", "tiny", str(ckpt), "--corpus", "toy, 3 speakers", "--eer", "12.5%",
@@ -230,5 +235,10 @@ def test_checkpoints_command_add_list_verify(ckpt, tmp_path, capsys):
     assert cli("checkpoints", "verify", "tiny", "--registry", str(registry)) == 1
     out = capsys.readouterr().out
     assert "FAILED   tiny" in out and "tampered or incomplete" in out
+    # a file named like the entry in the working directory does not make the tampered one "ok"
+    (tmp_path / "tiny").write_bytes(b"not the registered file")
+    monkeypatch.chdir(tmp_path)
+    assert cli("checkpoints", "verify", "tiny", "--registry", str(registry)) == 1
+    assert "FAILED   tiny" in capsys.readouterr().out
     assert cli("checkpoints", "verify", "nope", "--registry", str(registry)) == 1
     assert "knows: tiny, tiny-url" in capsys.readouterr().err

@@ -68,7 +68,6 @@ from speakerzoo.datamodules.corpus import Corpus, CorpusError
 from speakerzoo.datamodules.prepare import wav_truncation  # the same truncation rule as prepare
 from speakerzoo.datamodules.sources import SourceError, manifest, scan_audio
 from speakerzoo.h5file import AtomicH5Writer, created_timestamp
-from speakerzoo.zoo.registry import resolve as resolve_checkpoint
 from speakerzoo.zoo.registry import sha256_of
 
 __all__ = [
@@ -773,12 +772,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise EmbeddingError(f"{source}: no such folder or file")
         # A path, or a registered name (its file's digest checked): the file is recorded either way.
-        given = Path(args.checkpoint).expanduser()
-        checkpoint = resolve_checkpoint(given if given.is_file() else args.checkpoint)
-        model = load_model(str(checkpoint), device)
+        model = load_model(args.checkpoint, device)
+        checkpoint = model.checkpoint_path
         attrs = {
             "checkpoint": str(checkpoint.resolve()),
-            "checkpoint_name": "" if given.is_file() else args.checkpoint,
+            # the registered name, when the checkpoint was given by one
+            "checkpoint_name": "" if Path(args.checkpoint).expanduser().resolve() == checkpoint.resolve()
+            else args.checkpoint,
             "checkpoint_sha256": sha256_of(checkpoint),
             "source": info,
         }

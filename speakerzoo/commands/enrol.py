@@ -53,7 +53,6 @@ from speakerzoo.commands.embed import (
 from speakerzoo.datamodules.corpus import CorpusError
 from speakerzoo.datamodules.sources import SourceError
 from speakerzoo.zoo.registry import RegistryError
-from speakerzoo.zoo.registry import resolve as resolve_checkpoint
 from speakerzoo.zoo.registry import sha256_of
 from speakerzoo.zoo.uncertainty import (
     RecordingEmbedding,
@@ -168,9 +167,8 @@ def model_class_path(model: torch.nn.Module) -> str:
 
 def load_model(checkpoint: str, device: str = "auto") -> tuple[Any, Path]:
     """The model (eval mode, on ``device``) of a checkpoint file or registered name, and its file."""
-    given = Path(checkpoint).expanduser()
-    path = resolve_checkpoint(given if given.is_file() else checkpoint)
-    return load_checkpoint_model(str(path), device_from_name(device)), Path(path)
+    model = load_checkpoint_model(checkpoint, device_from_name(device))
+    return model, model.checkpoint_path
 
 
 def resolve_threshold(given: float | None, model: Any) -> tuple[float | None, str]:

@@ -587,8 +587,8 @@ class SpeakerEmbeddingModule(L.LightningModule):
 
         Arguments:
             path: a ``.ckpt`` saved by Lightning from a :class:`SpeakerEmbeddingModule` subclass,
-                or the name of one in the checkpoint registry (an existing file wins; see
-                :mod:`speakerzoo.zoo.registry`). A registered file is checked against its sha256
+                or the name of one in the checkpoint registry (a registered name wins over a file of
+                that name in the working directory; see :mod:`speakerzoo.zoo.registry`). A registered file is checked against its sha256
                 (a ``url`` is downloaded into the cache first) and its class against the registry's.
             map_location: where to load the tensors.
             drop_head: do not load the classification head (``head.*`` weights); the model gets
@@ -648,6 +648,7 @@ class SpeakerEmbeddingModule(L.LightningModule):
                           stacklevel=2)
         if meta.get("eer_threshold") is not None:
             model.eer_threshold = float(meta["eer_threshold"])
+        model.checkpoint_path = Path(path)  # the file read (a registry name's checked file)
         return model.eval()
 
     def init_weights_from(
@@ -704,12 +705,9 @@ def _read_checkpoint(
     """``(file, checkpoint, speakerzoo metadata, model class)`` of a checkpoint file or registry name,
     read with ``torch.load(weights_only=True)``; the registry's class must be the file's."""
     candidate = Path(source)
-    if candidate.is_file():
-        path, entry = candidate, None
-    else:
-        if candidate.exists():
-            raise FileNotFoundError(f"checkpoint {str(candidate)!r} does not exist or is not a file")
-        path, entry = _registry.resolve_entry(source, registry)
+    if candidate.exists() and not candidate.is_file():
+        raise FileNotFoundError(f"checkpoint {str(candidate)!r} does not exist or is not a file")
+    path, entry = _registry.resolve_entry(source, registry)
     checkpoint = read_checkpoint_file(path, map_location)
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise InvalidCheckpointError(f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict')")

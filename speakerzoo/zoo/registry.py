@@ -36,7 +36,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import yaml
@@ -294,17 +294,28 @@ def download(entry: RegistryEntry, timeout: float = 60.0) -> Path:
 
 def resolve_entry(name_or_path: str | Path, registry: str | Path | Registry | None = None,
                   ) -> tuple[Path, RegistryEntry | None]:
-    """``(file, entry)`` for an existing file (``entry`` None: a path wins) or a registry name.
+    """``(file, entry)`` for a registry name or an existing file (``entry`` None).
 
-    A registry name gives its checked file (downloaded into the cache first for a ``url``).
+    A registered name always means the registry's file, checked against its sha256 (downloaded
+    into the cache first for a ``url``), even when a file of that name lies in the working
+    directory: otherwise any such file would be taken unchecked. Write a path with a folder
+    (``./NAME``) to load that file instead.
     Raises :class:`UnknownCheckpointError` (a ``FileNotFoundError``; the message lists the known
     names), :class:`ChecksumError`, or ``FileNotFoundError`` for a registered path that is gone.
     """
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path, None
-    reg = load_registry(registry)
     name = str(name_or_path)
+    path = Path(name).expanduser()
+    bare = not isinstance(name_or_path, PurePath) and "/" not in name and os.sep not in name
+    reg = None
+    if bare:
+        try:
+            reg = load_registry(registry)
+        except (RegistryError, FileNotFoundError):
+            if not path.is_file():
+                raise
+    if (reg is None or name not in reg) and path.is_file():
+        return path, None
+    reg = reg if reg is not None else load_registry(registry)
     if name not in reg:
         what = "is a directory, not a checkpoint file" if path.exists() else "is not a checkpoint file"
         raise UnknownCheckpointError(f"{name!r} {what}, nor a registered name: {reg.describe()}")

@@ -7,6 +7,9 @@ decoded signal.
 
 from __future__ import annotations
 
+import os
+import stat
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +32,22 @@ class AudioError(ValueError):
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Decode ``path`` to float32 ``[samples, channels]`` and its native rate.
 
-    Raises :class:`AudioError` for a missing, unreadable, non-audio or empty file.
+    Raises :class:`AudioError` for a missing file, a FIFO, device or socket (never opened: reading
+    one can block forever), an empty, unreadable, non-audio or truncated file (:func:`wav_truncation`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(path, "no such file")
-    if path.stat().st_size == 0:
+    try:
+        info = path.stat()
+    except OSError:
+        raise AudioError(path, "no such file") from None
+    if not stat.S_ISREG(info.st_mode):
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
+        raise AudioError(path, f"{what}; skipped without opening it")
+    if info.st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
+    reason = wav_truncation(path)
+    if reason is not None:
+        raise AudioError(path, reason)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # libsndfile reports many formats of failure
@@ -45,6 +57,40 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     if not np.isfinite(data).all():
         raise AudioError(path, "contains NaN or infinite samples")
     return data, int(rate)
+
+
+def wav_truncation(path: str | Path) -> str | None:
+    """Why a RIFF/WAVE file is truncated, or ``None`` (also for files that are not WAV).
+
+    libsndfile reads a truncated WAV without an error and returns the samples that are
+    there, so we read the chunk headers ourselves: the file is truncated when its data chunk
+    declares more bytes than the file holds. RF64 files and WAVs written as a stream (data
+    size ``0xFFFFFFFF``) are not truncated.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX"):
+                return None
+            endian = "<" if head[:4] == b"RIFF" else ">"
+            pos = 12
+            for _ in range(64):  # a WAV has a handful of chunks before its data
+                f.seek(pos)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    break
+                cid, csize = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
+                if cid == b"data":
+                    available = max(size - pos - 8, 0)
+                    if csize == 0xFFFFFFFF or csize <= available:
+                        return None
+                    return (f"truncated: its header declares {csize} bytes of audio but only {available} "
+                            f"are present ({available / csize:.0%}); copy or download it again")
+                pos += 8 + csize + (csize & 1)
+    except OSError:
+        pass  # unreadable files are reported by the decoder
+    return None
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:

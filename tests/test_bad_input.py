@@ -10,8 +10,10 @@ WAVs written as a stream whose header size is the placeholder ``0xFFFFFFFF``.
 from __future__ import annotations
 
 import hashlib
+import os
 import runpy
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speakerzoo.audio import load_audio
+from speakerzoo.audio import AudioError, load_audio
 from speakerzoo.datamodules import sources
 from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter
 from speakerzoo.datamodules.prepare import PrepareError, main, prepare
@@ -282,3 +284,43 @@ def test_help(capsys, monkeypatch):
     with pytest.raises(SystemExit) as stop:
         runpy.run_module("speakerzoo.datamodules.prepare", run_name="__main__")
     assert stop.value.code == 0 and "{digit}_{speaker}_{index}.wav" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- links and special files
+
+
+def test_a_symlink_loop_lists_each_real_file_once_under_its_own_speaker(tmp_path, recwarn):
+    root = tmp_path / "tree"
+    real = {"alice/a1.wav": 0, "alice/a2.wav": 1, "alice/deep/a3.wav": 2, "bob/b1.wav": 3, "bob/b2.wav": 4}
+    for name, seed in real.items():
+        _wav(root / name, seed=seed)
+    (root / "alice" / "loop").symlink_to("..")                  # back to the root: a loop
+    (root / "alice" / "deep" / "up").symlink_to("../..")        # a loop two levels deep
+    (root / "bob" / "alice_too").symlink_to("../alice")         # another way into alice
+    (root / "bob" / "b3.wav").symlink_to("../alice/a1.wav")     # alice's clip under bob's name
+    outside = tmp_path / "elsewhere" / "carol"                  # data linked in from outside: kept
+    _wav(outside / "c1.wav", seed=5)
+    (root / "carol").symlink_to(outside)
+    records = sources.folder(root)
+    got = sorted((r.speaker, r.path.relative_to(root).as_posix()) for r in records)
+    assert got == sorted([(n.split("/")[0], n) for n in real] + [("carol", "carol/c1.wav")])
+    left = [str(w.message) for w in recwarn if "left out" in str(w.message)]
+    assert len(left) == 1 and "left out 4 link(s)" in left[0]
+    summary = prepare(records, tmp_path / "out.h5", workers=0, progress=False)
+    assert summary.utterances == 6 and summary.skipped == []
+
+
+def test_a_fifo_named_like_audio_is_skipped_without_opening(messy, tmp_path):
+    fifo = messy["root"] / "alice" / "stream.wav"
+    os.mkfifo(fifo)
+    # In a child process with a time limit: opening a FIFO blocks until a writer comes.
+    out = tmp_path / "fifo.h5"
+    proc = subprocess.run([sys.executable, "-m", "speakerzoo", "prepare", "folder", str(messy["root"]),
+                           "--output", str(out), "--workers", "0", "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    corpus = Corpus(out)
+    skipped = dict(corpus.settings["skipped"])
+    assert skipped[str(fifo.resolve())] == "not a regular file (a FIFO, device or socket); skipped without opening it"
+    with pytest.raises(AudioError, match="stream.wav: not a regular file"):
+        load_audio(fifo, RATE)  # what embed, verify and identify decode files with

@@ -65,7 +65,6 @@ from speakerzoo.argtypes import parse_or_exit_code, positive_float, positive_int
 from speakerzoo.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from speakerzoo.datamodules.corpus import FORMAT as CORPUS_FORMAT
 from speakerzoo.datamodules.corpus import Corpus, CorpusError
-from speakerzoo.datamodules.prepare import wav_truncation  # the same truncation rule as prepare
 from speakerzoo.datamodules.sources import SourceError, manifest, scan_audio
 from speakerzoo.h5file import AtomicH5Writer, created_timestamp
 from speakerzoo.zoo.registry import sha256_of
@@ -567,14 +566,11 @@ def _crop(wave: np.ndarray, max_samples: int | None) -> np.ndarray:
 
 
 def load_item(item: Item, corpus: Corpus | None, sample_rate: int) -> np.ndarray:
-    """The audio of ``item`` at ``sample_rate``: from the corpus, or its file (conditioned, truncation checked)."""
+    """The audio of ``item`` at ``sample_rate``: from the corpus, or its file (conditioned and checked as in prepare)."""
     if item.corpus_index >= 0:
         assert corpus is not None
         return corpus.audio(item.corpus_index)
-    reason = wav_truncation(item.path)
-    if reason is not None:
-        raise AudioError(item.path, reason)
-    return load_audio(item.path, sample_rate)[0]
+    return load_audio(item.path, sample_rate)[0]  # checked as in prepare: truncation, regular file
 
 
 def embed_items(

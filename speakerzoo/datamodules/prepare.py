@@ -33,7 +33,6 @@ import functools
 import multiprocessing
 import os
 import signal
-import struct
 import sys
 import time
 import warnings
@@ -156,40 +155,6 @@ class PrepareSummary:
 # -- decoding (runs in worker processes) -----------------------------------------------------
 
 
-def wav_truncation(path: str) -> str | None:
-    """Why a RIFF/WAVE file is truncated, or ``None`` (also for files that are not WAV).
-
-    libsndfile reads a truncated WAV without an error and returns the samples that are
-    there, so we read the chunk headers ourselves: the file is truncated when its data chunk
-    declares more bytes than the file holds. RF64 files and WAVs written as a stream (data
-    size ``0xFFFFFFFF``) are not truncated.
-    """
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX"):
-                return None
-            endian = "<" if head[:4] == b"RIFF" else ">"
-            pos = 12
-            for _ in range(64):  # a WAV has a handful of chunks before its data
-                f.seek(pos)
-                chunk = f.read(8)
-                if len(chunk) < 8:
-                    break
-                cid, csize = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
-                if cid == b"data":
-                    available = max(size - pos - 8, 0)
-                    if csize == 0xFFFFFFFF or csize <= available:
-                        return None
-                    return (f"truncated: its header declares {csize} bytes of audio but only {available} "
-                            f"are present ({available / csize:.0%}); copy or download it again")
-                pos += 8 + csize + (csize & 1)
-    except OSError:
-        pass  # unreadable files are reported by the decoder
-    return None
-
-
 def _worker_init() -> None:
     # One thread per process (as DataLoader workers do): torch's intra-op thread pool is not
     # safe to use after fork, and the processes already use the cores.
@@ -201,9 +166,6 @@ def _decode(job: tuple[int, str], sample_rate: int, normalize: bool, trim: bool)
     """``(index, int16 PCM or None, original rate, channels, reason or None)`` for one file."""
     index, path = job
     try:
-        reason = wav_truncation(path)
-        if reason is not None:
-            return index, None, 0, 0, reason
         data, rate = read_audio(path)
         wave = condition(data, rate, sample_rate, normalize=normalize, trim=trim)
         return index, to_pcm16(wave), rate, data.shape[1], None

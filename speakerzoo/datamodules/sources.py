@@ -109,14 +109,42 @@ def _strip_audio_ext(name: str) -> str:
 def scan_audio(root: Path, depth: int | None = None) -> tuple[list[Path], list[Path]]:
     """Audio files under ``root`` (at exactly ``depth`` folder levels below it, or any depth),
     sorted by their path relative to ``root`` as POSIX text, so that the order is the same on
-    every machine; and files in containers soundfile cannot decode (``.m4a`` ...)."""
+    every machine; and files in containers soundfile cannot decode (``.m4a`` ...).
+
+    Symbolic links to folders outside ``root`` are followed (data is often linked in), but each
+    folder and each file is listed once: a link back into the tree (``spk/loop -> ..``) is not
+    followed, and a folder or file reached a second time, through any link, is left out. Otherwise
+    a loop would list the same clips again and again, under other speakers' names. What was left
+    out is reported in one warning.
+    """
     audio: list[tuple[str, Path]] = []
     unsupported: list[Path] = []
+    left_out: list[Path] = []
     root_depth = len(root.parts)
+    inside = root.resolve()
+    seen_folders: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+
+    def within_tree(link: Path) -> bool:
+        target = link.resolve()
+        return target == inside or inside in target.parents
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
         level = len(here.parts) - root_depth
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        info = here.stat()
+        if (info.st_dev, info.st_ino) in seen_folders:
+            left_out.append(here)
+            dirnames[:] = []
+            continue
+        seen_folders.add((info.st_dev, info.st_ino))
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            if (here / d).is_symlink() and within_tree(here / d):
+                left_out.append(here / d)
+            else:
+                kept.append(d)
+        dirnames[:] = kept
         if depth is not None and level >= depth:
             dirnames[:] = []
             if level > depth:
@@ -127,12 +155,28 @@ def scan_audio(root: Path, depth: int | None = None) -> tuple[list[Path], list[P
             if name.startswith("."):
                 continue
             suffix = os.path.splitext(name)[1].lower()
+            p = here / name
+            if suffix not in AUDIO_EXTENSIONS and suffix not in _UNSUPPORTED:
+                continue
+            try:
+                file_info = p.stat()
+            except OSError:  # a dangling link: the decoder reports it as missing
+                file_info = None
+            if file_info is not None:
+                key = (file_info.st_dev, file_info.st_ino)
+                if key in seen_files or (p.is_symlink() and within_tree(p)):
+                    left_out.append(p)
+                    continue
+                seen_files.add(key)
             if suffix in AUDIO_EXTENSIONS:
-                p = here / name
                 audio.append((p.relative_to(root).as_posix(), p))
-            elif suffix in _UNSUPPORTED:
-                unsupported.append(here / name)
+            else:
+                unsupported.append(p)
     audio.sort(key=lambda t: t[0])
+    if left_out:
+        examples = ", ".join(p.relative_to(root).as_posix() for p in sorted(left_out)[:3])
+        warnings.warn(f"{root}: left out {len(left_out)} link(s) back into the folder or second path(s) to "
+                      f"one folder or file (e.g. {examples}); each file is listed once", stacklevel=2)
     return [p for _, p in audio], sorted(unsupported)
 
 

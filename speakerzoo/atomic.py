@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 @contextlib.contextmanager
@@ -30,3 +30,31 @@ def replaced_on_success(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def same_file_among(output: str | Path, inputs: Iterable[str | Path]) -> Path | None:
+    """The first of ``inputs`` that is the file at ``output`` (same device and inode, so a link or
+    another spelling of the path counts), or ``None``: writing ``output`` would replace that input.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for name in ("a.wav", "b.wav"):
+    ...     _ = (folder / name).write_bytes(b"x")
+    >>> (folder / "link.wav").symlink_to(folder / "a.wav")
+    >>> same_file_among(folder / "link.wav", [folder / "b.wav", folder / "." / "a.wav"]) == folder / "a.wav"
+    True
+    >>> same_file_among(folder / "new.h5", [folder / "a.wav"]) is None
+    True
+    """
+    try:
+        target = os.stat(output)
+    except OSError:  # nothing there yet: no input can be it
+        return None
+    for candidate in inputs:
+        try:
+            info = os.stat(candidate)
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) == (target.st_dev, target.st_ino):
+            return Path(candidate)
+    return None

@@ -14,7 +14,9 @@ to the model, so a config never states them twice::
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -173,11 +175,23 @@ COMMANDS = {
 }
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[args[0]])
-        raise SystemExit(module.main(args[1:]))
+        # SIGTERM (kill, a scheduler's time limit) ends a command as Ctrl-C does: through its own
+        # clean-up, so no temporary file is left behind and the command says what was kept.
+        in_main_thread = threading.current_thread() is threading.main_thread()  # signal's own rule
+        previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
+        try:
+            raise SystemExit(module.main(args[1:]))
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
     run_lightning(argv)
 
 

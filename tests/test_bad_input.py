@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import runpy
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ from speakerzoo.audio import AudioError, load_audio
 from speakerzoo.datamodules import sources
 from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter
 from speakerzoo.datamodules.prepare import PrepareError, main, prepare
+from speakerzoo.datamodules.toy import prepare_toy
 
 RATE = 16000
 
@@ -324,3 +328,63 @@ def test_a_fifo_named_like_audio_is_skipped_without_opening(messy, tmp_path):
     assert skipped[str(fifo.resolve())] == "not a regular file (a FIFO, device or socket); skipped without opening it"
     with pytest.raises(AudioError, match="stream.wav: not a regular file"):
         load_audio(fifo, RATE)  # what embed, verify and identify decode files with
+
+
+# --------------------------------------------------------------------------- concurrent and killed runs
+
+
+def _start_prepare(root: Path, output: Path) -> subprocess.Popen:
+    """A `prepare` of Speech Commands (some seconds), started and waited for until it writes."""
+    proc = subprocess.Popen([sys.executable, "-m", "speakerzoo", "prepare", "speech-commands", str(root),
+                             "--output", str(output), "--workers", "1", "--features", "fbank80", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(output.parent.glob(f"{output.name}.tmp-*")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "prepare wrote no temporary file"
+        time.sleep(0.05)
+    return proc
+
+
+def test_a_second_writer_of_one_output_fails_at_once(messy, tmp_path, capsys):
+    from speakerzoo.datamodules.corpus import CorpusWriter
+
+    out = tmp_path / "shared.h5"
+    with CorpusWriter(out, RATE):  # a run writing `out` now, in this process
+        assert main(["folder", str(messy["root"]), "--output", str(out), "--workers", "0", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: another speakerzoo run (pid {os.getpid()}) is writing this file now" in err
+        proc = subprocess.run([sys.executable, "-m", "speakerzoo", "prepare", "folder", str(messy["root"]),
+                               "--output", str(out), "--quiet"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "another speakerzoo run" in proc.stderr
+    assert not out.exists()  # the first writer was aborted: nothing half-written, no lock left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["messy"]
+
+
+def test_sigterm_cleans_up_and_kill_9_leaves_a_file_the_next_run_removes(speech_commands_root, tmp_path):
+    out = tmp_path / "sc.h5"
+    proc = _start_prepare(speech_commands_root, out)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert f"interrupted; {out} was left as it was" in err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert list(tmp_path.iterdir()) == []  # no temporary file, no lock
+
+    proc = _start_prepare(speech_commands_root, out)
+    proc.kill()
+    proc.communicate(timeout=60)
+    stale = list(tmp_path.glob("sc.h5.tmp-*"))
+    assert len(stale) == 1  # nothing can clean up after kill -9 ...
+    with pytest.warns(UserWarning, match=rf"removed {re.escape(str(stale[0]))} .*killed before it could clean up"):
+        prepare_toy(out, speakers=3, utterances=2, progress=False)  # ... the next writer of the file does
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sc.h5"]
+
+
+def test_an_output_that_is_one_of_the_inputs_is_refused_and_the_input_kept(messy, capsys):
+    source = messy["a1"]
+    before = source.read_bytes()
+    assert main(["folder", str(messy["root"]), "--output", str(source), "--workers", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {source} is one of the input files" in err and "new file name" in err
+    assert source.read_bytes() == before

@@ -466,3 +466,17 @@ def test_the_console_script_dispatches_both_commands(checkpoint, tmp_path, capsy
     with pytest.raises(SystemExit) as stop:
         cli_main(["embed", str(listing), "-c", str(checkpoint), "-o", str(tmp_path / "x.h5"), "--part", "test"])
     assert stop.value.code == 2 and "apply to a corpus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["corpus", "checkpoint"])
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(corpus, checkpoint, tmp_path, which, capsys):
+    # `embed C.h5 --output C.h5` replaced the corpus with an embeddings file.
+    target = {"corpus": corpus, "checkpoint": checkpoint}[which]
+    link = tmp_path / "other_name.h5"
+    link.symlink_to(target)  # another spelling of the same file counts too
+    before = target.read_bytes()
+    for output in (target, link):
+        assert embed_cmd.main([str(corpus), "-c", str(checkpoint), "-o", str(output), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert f"--output {output} is an input of this run" in err and "new name" in err
+    assert target.read_bytes() == before

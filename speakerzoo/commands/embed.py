@@ -66,6 +66,7 @@ from speakerzoo.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from speakerzoo.datamodules.corpus import FORMAT as CORPUS_FORMAT
 from speakerzoo.datamodules.corpus import Corpus, CorpusError
 from speakerzoo.datamodules.sources import SourceError, manifest, scan_audio
+from speakerzoo.atomic import same_file_among
 from speakerzoo.h5file import AtomicH5Writer, created_timestamp
 from speakerzoo.zoo.registry import sha256_of
 
@@ -770,6 +771,10 @@ def main(argv: list[str] | None = None) -> int:
         # A path, or a registered name (its file's digest checked): the file is recorded either way.
         model = load_model(args.checkpoint, device)
         checkpoint = model.checkpoint_path
+        clash = same_file_among(args.output, [source, checkpoint, *(item.path for item in items)])
+        if clash is not None:
+            raise EmbeddingError(f"--output {args.output} is an input of this run ({clash}): writing the embeddings "
+                                 "would replace it. Give the embeddings file a new name, e.g. embeddings.h5")
         attrs = {
             "checkpoint": str(checkpoint.resolve()),
             # the registered name, when the checkpoint was given by one

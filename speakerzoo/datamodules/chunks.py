@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from speakerzoo.argtypes import non_negative_float, parse_or_exit_code, positive_float, positive_int
+from speakerzoo.atomic import same_file_among
 from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter, cacheable_features
 from speakerzoo.datamodules.splits import PARTS, check_ratios
 from speakerzoo.features import PRESETS, FeatureConfig
@@ -167,10 +167,7 @@ def _check_options(source: Path, output: Path, seconds: float, tail: str, ratios
         raise ValueError(f"max trial anchors must be at least 1, not {max_trial_anchors}")
     if output.is_dir():
         raise ValueError(f"{output}: output is a folder; give a file name such as {output / 'chunks.h5'}")
-    same = output.resolve() == source.resolve()
-    if not same and output.exists() and source.exists():
-        same = os.path.samefile(output, source)
-    if same:
+    if output.resolve() == source.resolve() or same_file_among(output, [source]):
         raise ValueError(f"{output}: the output is the source corpus itself; write the chunks to another file "
                          f"(e.g. {source.with_name(f'{source.stem}_{seconds:g}s{source.suffix}')})")
     configs = cacheable_features(features)

@@ -46,6 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from speakerzoo.argtypes import non_negative_float, non_negative_int, parse_or_exit_code, positive_int
+from speakerzoo.atomic import same_file_among
 from speakerzoo.audio import AudioError, condition, read_audio
 from speakerzoo.datamodules.corpus import (
     Corpus, CorpusError, CorpusWriter, cacheable_features, single_torch_thread, to_pcm16)
@@ -160,6 +161,9 @@ def _worker_init() -> None:
     # safe to use after fork, and the processes already use the cores.
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the parent
+    # The parent's SIGTERM handler (speakerzoo.cli) is inherited through fork: a worker ends quietly
+    # when the pool is terminated instead of printing the parent's interruption as a traceback.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _decode(job: tuple[int, str], sample_rate: int, normalize: bool, trim: bool):
@@ -259,6 +263,10 @@ def prepare(
     output = Path(output).expanduser()
     if output.is_dir():
         raise PrepareError(f"{output}: output is a folder; give a file name such as {output / 'corpus.h5'}")
+    clash = same_file_among(output, (r.path for r in records))
+    if clash is not None:
+        raise PrepareError(f"--output {output} is one of the input files ({clash}): writing the corpus would "
+                           "replace that recording. Give the corpus a new file name, e.g. corpus.h5")
 
     extra = dict(settings or {})
     if "sources" not in extra:

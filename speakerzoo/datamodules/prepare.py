@@ -29,11 +29,13 @@ existing corpus at the output path as it was.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
@@ -166,6 +168,43 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive in the block are handled when it ends.
+
+    Forking runs Python at-fork handlers (logging's) in the parent, and an exception that a
+    signal handler raises inside one is printed and dropped: the interruption would be lost and
+    the run would go on. Blocking the signal does not help (another thread receives it, and
+    Python still runs the handler in the main thread), so the handlers are swapped for the block.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    parent = os.getpid()
+
+    def hold(signum: int, frame: Any) -> None:
+        if os.getpid() != parent:  # a worker just forked, before its initializer: as _worker_init says
+            if signum == signal.SIGTERM:
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+            return
+        pending.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pending:
+            handler = previous[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)  # speakerzoo's SIGTERM handler, Python's KeyboardInterrupt
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(pending[0])
+
+
 def _decode(job: tuple[int, str], sample_rate: int, normalize: bool, trim: bool):
     """``(index, int16 PCM or None, original rate, channels, reason or None)`` for one file."""
     index, path = job
@@ -192,8 +231,14 @@ def _decoded(paths: list[str], workers: int, **kwargs) -> Iterator[tuple]:
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     ctx = multiprocessing.get_context(method)
     chunksize = max(1, min(32, len(jobs) // (workers * 16)))
-    with ctx.Pool(workers, initializer=_worker_init) as pool:
+    pool = None
+    try:
+        with _interrupts_held():
+            pool = ctx.Pool(workers, initializer=_worker_init)
         yield from pool.imap(fn, jobs, chunksize=chunksize)
+    finally:
+        if pool is not None:
+            pool.terminate()
 
 
 # -- prepare ---------------------------------------------------------------------------------

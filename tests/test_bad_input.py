@@ -388,3 +388,41 @@ def test_an_output_that_is_one_of_the_inputs_is_refused_and_the_input_kept(messy
     err = capsys.readouterr().err
     assert f"--output {source} is one of the input files" in err and "new file name" in err
     assert source.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- degenerate audio
+
+
+@pytest.mark.parametrize("trim", [False, True])
+def test_silent_and_too_short_clips_are_skipped_with_the_reason(messy, tmp_path, trim):
+    root = messy["root"]
+    sf.write(root / "alice" / "zeros.wav", np.zeros(RATE, dtype=np.int16), RATE)         # 1 s of digital silence
+    sf.write(root / "bob" / "hiss.wav", (_pcm(1.0, RATE, seed=3) // 2000).astype(np.int16), RATE)  # ~ -70 dBFS
+    _wav(root / "carol" / "blip.wav", seconds=0.05, seed=4)                                # 50 ms
+    sf.write(root / "dave" / "one.wav", np.array([[12000]], dtype=np.int16), RATE)        # one sample
+    pcm = _pcm(0.5, RATE, seed=6)
+    sf.write(root / "erin" / "inverted.wav", np.concatenate([pcm, -pcm], axis=1), RATE)   # L = -R
+    summary = prepare(sources.folder(root), tmp_path / "out.h5", workers=0, trim_silence=trim, progress=False)
+    reasons = {Path(p).name: r for p, r in summary.skipped}
+    assert reasons["zeros.wav"].startswith("silent: its loudest 25 ms is at -inf dBFS")
+    assert reasons["hiss.wav"].startswith("silent:")
+    assert reasons["blip.wav"].startswith("too short: 0.050 s") and reasons["one.wav"].startswith("too short")
+    assert reasons["inverted.wav"].startswith("silent once its 2 channels are mixed to mono")
+    corpus = Corpus(tmp_path / "out.h5")
+    shortest = min(len(corpus.audio(i)) for i in range(len(corpus)))
+    assert shortest >= 0.1 * RATE
+    assert len(corpus) == summary.utterances == 10  # messy's 10 good clips, none of the five above
+
+
+def test_a_float_wav_above_full_scale_is_scaled_not_clipped(tmp_path):
+    t = np.arange(RATE) / RATE
+    loud = (1.5 * np.sin(2 * np.pi * 180 * t) * np.hanning(RATE)).astype(np.float32)  # peaks at 1.5
+    _wav(tmp_path / "src" / "alice" / "quiet.wav", seconds=1.0, seed=1)
+    sf.write(tmp_path / "src" / "alice" / "loud.wav", loud, RATE, subtype="FLOAT")
+    summary = prepare(sources.folder(tmp_path / "src"), tmp_path / "out.h5", workers=0, progress=False)
+    assert summary.scaled_to_full_scale == 1 and "1 file(s) scaled down to full scale" in str(summary)
+    corpus = Corpus(tmp_path / "out.h5")
+    stored = corpus.audio(corpus.texts("utt_id").index("alice/loud"))
+    assert np.abs(stored).max() <= 1.0
+    # the shape of the wave is kept (no flattened peaks): the stored clip is the original, scaled
+    np.testing.assert_allclose(stored * (1.5 / np.abs(stored).max()), loud, atol=1e-3)  # clipping: off by 0.5

@@ -247,7 +247,7 @@ def speech_folder(tmp_path_factory) -> Path:
             shutil.copy(SHARED_FSDD / f"{digit}_{speaker}_3.wav", root / speaker / f"{digit}_{speaker}_3.wav")
     shutil.copy(SHARED_FSDD / "0_george_3.wav", root / "george" / "copy_of_0.wav")
     (root / "theo" / "notes.wav").write_text("not audio at all")
-    sf.write(root / "jackson" / "click.wav", np.zeros(40, dtype=np.float32), 8000)  # too short for the model
+    sf.write(root / "jackson" / "click.wav", np.full(40, 0.3, dtype=np.float32), 8000)  # too short for the model
     data = (root / "george" / "1_george_3.wav").read_bytes()
     (root / "george" / "cut.wav").write_bytes(data[: len(data) // 2])  # header promises twice as much audio
     return root

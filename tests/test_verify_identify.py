@@ -258,7 +258,7 @@ def test_bad_inputs_name_the_file_and_the_fix(checkpoint, plain_checkpoint, spea
     silent = tmp_path / "no_samples.wav"
     sf.write(silent, np.zeros(0, dtype=np.float32), 8000)
     tiny = tmp_path / "tiny.wav"
-    sf.write(tiny, np.zeros(20, dtype=np.float32), 16000)
+    sf.write(tiny, np.full(20, 0.3, dtype=np.float32), 16000)  # loud, but 20 samples
     lonely = tmp_path / "dir"
     shutil.copytree(speaker_dir, lonely)
     (lonely / "carol").mkdir()
@@ -294,3 +294,25 @@ def test_help_has_examples(capsys):
     for module in (verify_cmd, identify_cmd):
         code, out, _ = run(module, ["--help"], capsys)
         assert code == 0 and "examples:" in out and "--mc-passes" in out and "--enrol-dir" in out
+
+
+def test_silence_is_refused_not_verified_as_one_speaker(checkpoint, tmp_path, capsys):
+    # Two all-zero recordings (other lengths, other rates) used to give score 1.0000 ACCEPT.
+    zeros_a, zeros_b = tmp_path / "zeros_a.wav", tmp_path / "zeros_b.flac"
+    sf.write(zeros_a, np.zeros(16000, dtype=np.float32), 16000)
+    sf.write(zeros_b, np.zeros(20000, dtype=np.float32), 8000)
+    code, out, err = run(verify_cmd, ["-c", checkpoint, zeros_a, zeros_b], capsys)
+    assert code == 2 and "ACCEPT" not in out
+    assert "zeros_a.wav: silent: its loudest 25 ms is at -inf dBFS" in err
+    # A real recording with its channels cancelling (L = -R) mixes to silence: said so.
+    speech, rate = sf.read(rec(0, "george", 42), dtype="float32")
+    cancelling = tmp_path / "cancelling.wav"
+    sf.write(cancelling, np.stack([speech, -speech], axis=1), rate)
+    code, out, err = run(verify_cmd, ["-c", checkpoint, rec(0, "george", 43), cancelling], capsys)
+    assert code == 2 and "cancelling.wav: silent once its 2 channels are mixed to mono" in err
+    assert "keep one channel" in err
+    # The same recording in one channel, or quiet (-45 dBFS loudest frame, as FSDD's quietest), is speech.
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, speech / np.abs(speech).max() * 10 ** (-40 / 20), rate)
+    code, out, err = run(verify_cmd, ["-c", checkpoint, rec(0, "george", 43), quiet], capsys)
+    assert code == 0, err

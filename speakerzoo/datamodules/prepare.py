@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 import multiprocessing
 import os
 import signal
@@ -49,7 +50,7 @@ from tqdm.auto import tqdm
 
 from speakerzoo.argtypes import non_negative_float, non_negative_int, parse_or_exit_code, positive_int
 from speakerzoo.atomic import same_file_among
-from speakerzoo.audio import AudioError, condition, read_audio
+from speakerzoo.audio import AudioError, condition, read_audio, silence_reason
 from speakerzoo.datamodules.corpus import (
     Corpus, CorpusError, CorpusWriter, cacheable_features, single_torch_thread, to_pcm16)
 from speakerzoo.datamodules.splits import MODES, PARTS, check_ratios
@@ -90,6 +91,7 @@ class PrepareSummary:
     seconds: float
     resampled_from: dict[int, int] = field(default_factory=dict)
     stereo_mixed: int = 0
+    scaled_to_full_scale: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     splits: dict[str, dict[str, int]] = field(default_factory=dict)
     split_speakers: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -125,6 +127,9 @@ class PrepareSummary:
         else:
             row("  resampled        none")
         row(f"  stereo -> mono   {self.stereo_mixed} file(s) mixed to mono")
+        if self.scaled_to_full_scale:
+            row(f"  above full scale {self.scaled_to_full_scale} file(s) scaled down to full scale "
+                "(16-bit PCM would have clipped their peaks)")
         if self.features:
             row(f"  cached features  {', '.join(self.features)}")
         for mode in self.splits:
@@ -205,23 +210,39 @@ def _interrupts_held() -> Iterator[None]:
                 signal.raise_signal(pending[0])
 
 
-def _decode(job: tuple[int, str], sample_rate: int, normalize: bool, trim: bool):
-    """``(index, int16 PCM or None, original rate, channels, reason or None)`` for one file."""
-    index, path = job
+def _decode(job: tuple[int, str, bool], sample_rate: int, normalize: bool, trim: bool, min_samples: int):
+    """``(index, int16 PCM or None, original rate, channels, scaled, reason or None)`` for one file;
+    ``job`` is ``(index, path, whether the clip is speech)`` (noise clips may be silent).
+
+    ``scaled``: the clip went beyond full scale (a float WAV can) and was scaled down to it,
+    where storing it as 16-bit PCM would have clipped its peaks.
+    """
+    index, path, speech = job
     try:
         data, rate = read_audio(path)
         wave = condition(data, rate, sample_rate, normalize=normalize, trim=trim)
-        return index, to_pcm16(wave), rate, data.shape[1], None
+        if len(wave) < min_samples:
+            after = " after trimming silence" if trim else ""
+            return (index, None, 0, 0, False, f"too short: {len(wave) / sample_rate:.3f} s{after}, below "
+                    f"--min-seconds {min_samples / sample_rate:g}; a clip this short cannot be embedded")
+        reason = silence_reason(wave, sample_rate, data) if speech else None
+        if reason is not None:
+            return index, None, 0, 0, False, reason
+        peak = float(np.abs(wave).max())
+        scaled = peak > 1.0
+        if scaled:
+            wave = wave * (32767.0 / 32768.0 / peak)
+        return index, to_pcm16(wave), rate, data.shape[1], scaled, None
     except AudioError as err:
-        return index, None, 0, 0, err.reason
+        return index, None, 0, 0, False, err.reason
     except Exception as err:  # a decoder failure must name the file, not kill the whole run
-        return index, None, 0, 0, f"decoding failed ({type(err).__name__}: {err})"
+        return index, None, 0, 0, False, f"decoding failed ({type(err).__name__}: {err})"
 
 
-def _decoded(paths: list[str], workers: int, **kwargs) -> Iterator[tuple]:
+def _decoded(paths: list[str], speech: list[bool], workers: int, **kwargs) -> Iterator[tuple]:
     """Decode ``paths`` in order, in ``workers`` processes (0: in this process)."""
     fn = functools.partial(_decode, **kwargs)
-    jobs = list(enumerate(paths))
+    jobs = [(i, path, is_speech) for i, (path, is_speech) in enumerate(zip(paths, speech))]
     if workers <= 0 or len(jobs) <= 1:
         with single_torch_thread():  # as in the worker processes
             yield from map(fn, jobs)
@@ -244,9 +265,11 @@ def _decoded(paths: list[str], workers: int, **kwargs) -> Iterator[tuple]:
 # -- prepare ---------------------------------------------------------------------------------
 
 
-def _check_settings(sample_rate, ratios, features, workers, max_trial_anchors) -> list[FeatureConfig]:
+def _check_settings(sample_rate, ratios, features, workers, max_trial_anchors, min_seconds) -> list[FeatureConfig]:
     if int(sample_rate) <= 0:
         raise PrepareError(f"sample rate must be positive, not {sample_rate}")
+    if not (isinstance(min_seconds, (int, float)) and math.isfinite(min_seconds) and min_seconds >= 0):
+        raise PrepareError(f"min seconds must be a number of seconds >= 0, not {min_seconds!r}")
     try:
         check_ratios(ratios)
     except ValueError as err:
@@ -273,6 +296,7 @@ def prepare(
     strict: bool = False,
     workers: int = DEFAULT_WORKERS,
     max_trial_anchors: int | None = 2000,
+    min_seconds: float = 0.1,
     progress: bool = True,
     settings: dict[str, Any] | None = None,
 ) -> PrepareSummary:
@@ -291,6 +315,9 @@ def prepare(
         strict: stop at the first unusable file instead of skipping it.
         workers: decoding processes; 0 decodes in this process.
         max_trial_anchors: most trial anchors per split part.
+        min_seconds: shortest clip kept (after trimming); shorter ones are skipped with the reason.
+            Clips of speakers whose loudest 25 ms is below :data:`~speakerzoo.audio.SILENCE_FLOOR_DBFS`
+            are skipped as silent, whatever their length.
         progress: show progress bars.
         settings: extra entries for the corpus' ``settings`` attribute (e.g. ``{"sources": [...]}``).
 
@@ -303,7 +330,7 @@ def prepare(
         raise PrepareError("no files to prepare")
     if isinstance(features, (str, dict, FeatureConfig)):
         features = [features]
-    configs = _check_settings(sample_rate, ratios, features, workers, max_trial_anchors)
+    configs = _check_settings(sample_rate, ratios, features, workers, max_trial_anchors, min_seconds)
     sample_rate, workers, ratios = int(sample_rate), int(workers), tuple(float(r) for r in ratios)
     output = Path(output).expanduser()
     if output.is_dir():
@@ -325,18 +352,21 @@ def prepare(
         "trim": bool(trim_silence),
         "features": [c.key for c in configs],
         "max_trial_anchors": max_trial_anchors,
+        "min_seconds": float(min_seconds),
         "files": len(records),
     }  # the writer adds split_seed and split_ratios; sample rate and version are file attributes
 
     skipped: list[tuple[str, str]] = []
     resampled: Counter[int] = Counter()
-    stereo = 0
+    stereo = scaled = 0
     paths = [str(r.path) for r in records]
     bar = tqdm(total=len(records), desc="decoding", unit="file", disable=not progress, dynamic_ncols=True)
-    results = _decoded(paths, workers, sample_rate=sample_rate, normalize=bool(normalize), trim=bool(trim_silence))
+    results = _decoded(paths, [r.speaker is not None for r in records], workers, sample_rate=sample_rate,
+                       normalize=bool(normalize), trim=bool(trim_silence),
+                       min_samples=max(1, int(round(min_seconds * sample_rate))))
     try:
         with CorpusWriter(output, sample_rate, settings=attrs) as writer:
-            for index, pcm, rate, channels, reason in results:
+            for index, pcm, rate, channels, was_scaled, reason in results:
                 rec = records[index]
                 bar.update(1)
                 if reason is not None:
@@ -349,6 +379,7 @@ def prepare(
                 if rate != sample_rate:
                     resampled[rate] += 1
                 stereo += channels > 1
+                scaled += was_scaled
                 writer.add(pcm, speaker=rec.speaker, utt_id=rec.utt_id, path=str(rec.path),
                            transcript=rec.transcript, session=rec.session)
             results.close()  # ends the worker processes before the index and features are written
@@ -361,16 +392,17 @@ def prepare(
                 "skipped_count": len(skipped),
                 "resampled_from": {str(k): v for k, v in sorted(resampled.items())},
                 "stereo_mixed": stereo,
+                "scaled_to_full_scale": scaled,
             })
             writer.finish(features=configs, ratios=ratios, seed=seed, max_trial_anchors=max_trial_anchors,
                           progress=progress)
     finally:
         results.close()  # on an error too: stops the workers at once (the traceback would keep them alive)
         bar.close()
-    return _summarize(output, skipped, resampled, stereo, [c.key for c in configs], time.perf_counter() - t0)
+    return _summarize(output, skipped, resampled, stereo, scaled, [c.key for c in configs], time.perf_counter() - t0)
 
 
-def _summarize(output: Path, skipped, resampled, stereo, features, elapsed) -> PrepareSummary:
+def _summarize(output: Path, skipped, resampled, stereo, scaled, features, elapsed) -> PrepareSummary:
     corpus = Corpus(output)
     try:
         spk = corpus.speaker
@@ -396,6 +428,7 @@ def _summarize(output: Path, skipped, resampled, stereo, features, elapsed) -> P
             seconds=float(corpus.duration.astype(np.float64).sum()),
             resampled_from=dict(sorted(resampled.items())),
             stereo_mixed=int(stereo),
+            scaled_to_full_scale=int(scaled),
             skipped=list(skipped),
             splits=splits,
             split_speakers=split_speakers,
@@ -479,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"decoding processes; 0 decodes in this process (default: {DEFAULT_WORKERS})")
     opts.add_argument("--max-trial-anchors", type=positive_int, default=2000, metavar="N",
                       help="most trial anchors per val/test part (default: 2000)")
+    opts.add_argument("--min-seconds", type=non_negative_float, default=0.1, metavar="S",
+                      help="skip clips shorter than S seconds after decoding and trimming (default: 0.1); "
+                           "silent clips are skipped whatever their length")
     opts.add_argument("--quiet", "-q", action="store_true", help="no progress bars; print only the output path")
 
     for name, (metavar, short, what, example) in _EXAMPLES.items():
@@ -511,7 +547,7 @@ def _run_toy(args: argparse.Namespace) -> int:
         from speakerzoo.datamodules.toy import prepare_toy
     except ImportError as err:
         return _error(f"the toy corpus generator is not available in this installation ({err})")
-    _check_settings(args.sample_rate, (0.7, 0.15, 0.15), args.features, 0, 1)
+    _check_settings(args.sample_rate, (0.7, 0.15, 0.15), args.features, 0, 1, 0.0)
     path = prepare_toy(args.output, speakers=args.speakers, utterances=args.utterances, seed=args.seed,
                        sample_rate=args.sample_rate, features=tuple(args.features), progress=not args.quiet)
     if args.quiet:
@@ -543,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             records, args.output, sample_rate=args.sample_rate, normalize=args.normalize,
             trim_silence=args.trim_silence, features=args.features, ratios=args.split_ratios, seed=args.seed,
             strict=args.strict, workers=args.workers, max_trial_anchors=args.max_trial_anchors,
+            min_seconds=args.min_seconds,
             progress=not args.quiet,
             settings={"sources": [{"kind": args.source, "path": str(Path(args.path).expanduser().resolve())}],
                       "command": command},

@@ -3,11 +3,41 @@
 The check comes first because :mod:`speakerzoo.cli` imports torchaudio at once (through the
 zoo and the DataModules): a mismatched pair would otherwise end in an ``OSError`` traceback
 from inside torchaudio instead of the one command that fixes it.
+
+``fit``, ``validate``, ``test`` and ``predict`` (LightningCLI) report an error that speakerzoo
+raised (a damaged corpus, a checkpoint it refuses, a number a model cannot use) as one line,
+as the other commands do, instead of the chained traceback jsonargparse and Lightning wrap it
+in. ``SPEAKERZOO_TRACEBACK=1`` shows the traceback. Errors raised elsewhere (a bug, a library
+failure) keep their traceback. Called from Python, :func:`speakerzoo.cli.main` raises as usual.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+def speakerzoo_error(error: BaseException) -> BaseException | None:
+    """The first exception in ``error``'s chain (itself, then its causes) whose message speakerzoo
+    wrote for the user: one of its own error classes (``CorpusError``, ``InvalidCheckpointError``,
+    ...), or a ``ValueError``/``OSError`` that its own code raised."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__module__.startswith("speakerzoo."):
+            return current
+        frames = traceback.extract_tb(current.__traceback__)
+        if isinstance(current, (ValueError, OSError)) and frames:
+            origin = Path(frames[-1].filename).resolve()
+            if PACKAGE in origin.parents and origin.name != "__main__.py":
+                return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,7 +49,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     from speakerzoo.cli import main as cli_main
 
-    cli_main(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cli_main(argv)
+    except Exception as error:  # noqa: BLE001 - only speakerzoo's own errors are shortened
+        ours = speakerzoo_error(error)
+        if ours is None or os.environ.get("SPEAKERZOO_TRACEBACK"):
+            raise
+        subcommand = args[0] if args and not args[0].startswith("-") else "speakerzoo"
+        print(f"speakerzoo {subcommand}: error: {ours}\n(SPEAKERZOO_TRACEBACK=1 shows where it was raised)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

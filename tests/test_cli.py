@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -191,3 +194,30 @@ def test_checkpoints_carry_the_validation_eer_threshold(toy, tmp_path):
     trainer.validate(model, datamodule=dm)
     val = model.evaluated["val"]
     assert stored == pytest.approx(eer_threshold(val["scores"], val["labels"]), abs=1e-5)
+
+
+def test_fit_and_test_report_speakerzoo_errors_in_one_line(toy, tmp_path):
+    """The command line (not an in-process call) shows our message, not jsonargparse's chained traceback."""
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(toy.read_bytes()[:300_000])
+    foreign = tmp_path / "foreign.h5"
+    foreign.write_bytes(os.urandom(50_000))
+    cases = [
+        ("fit", ["--model.init_args.lr=-1"], "lr must be a number > 0, not -1.0"),
+        ("fit", ["--model.init_args.scale=0"], "scale must be a number > 0, not 0.0"),
+        ("fit", ["--model.init_args.margin=-5"], "margin must be a number >= 0 and < 1.5708, not -5.0"),
+        ("fit", ["--data.init_args.eval_max_seconds=-2"], "eval_max_seconds must be a number > 0, not -2.0"),
+        ("fit", [f"--data.init_args.corpus={truncated}"], f"{truncated}: not a complete speakerzoo corpus"),
+        ("test", [f"--data.init_args.corpus={foreign}"], f"{foreign}: not a complete speakerzoo corpus"),
+    ]
+    for subcommand, extra, message in cases:
+        args = [sys.executable, "-m", "speakerzoo", subcommand, "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}",
+                "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp_path}", *extra]
+        proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, (extra, proc.stderr[-2000:])
+        assert f"speakerzoo {subcommand}: error: {message}" in proc.stderr, (extra, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+    # In Python the error is raised as usual, and a config that is right still runs.
+    with pytest.raises(ValueError, match="lr must be a number > 0"):
+        cli("fit", "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", "--trainer.fast_dev_run=1",
+            "--model.init_args.lr=-1")

@@ -34,6 +34,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from speakerzoo.argtypes import check_number
 from speakerzoo.augment import waveform_augment_from
 from speakerzoo.datamodules.corpus import Corpus, CorpusError
 from speakerzoo.datamodules.dataset import CropDataset, UtteranceDataset, collate_crops, collate_utterances
@@ -152,12 +153,14 @@ class SpeakerDataModule(lightning.LightningDataModule):
         self.split = split
         self.crop_seconds = float(crop_seconds)
         self.min_crop_seconds = None if min_crop_seconds is None else float(min_crop_seconds)
-        self.speakers_per_batch = int(speakers_per_batch)
-        self.utterances_per_speaker = int(utterances_per_speaker)
-        self.batches_per_epoch = batches_per_epoch
-        self.eval_max_seconds = eval_max_seconds
-        self.eval_batch_size = int(eval_batch_size)
-        self.num_workers = int(num_workers)
+        self.speakers_per_batch = int(check_number("speakers_per_batch", speakers_per_batch, low=1))
+        self.utterances_per_speaker = int(check_number("utterances_per_speaker", utterances_per_speaker, low=1))
+        self.batches_per_epoch = batches_per_epoch if batches_per_epoch is None else int(
+            check_number("batches_per_epoch", batches_per_epoch, low=1, hint="or null for one pass over the speakers"))
+        self.eval_max_seconds = eval_max_seconds if eval_max_seconds is None else check_number(
+            "eval_max_seconds", eval_max_seconds, low=0, low_open=True, hint="seconds, or null for whole utterances")
+        self.eval_batch_size = int(check_number("eval_batch_size", eval_batch_size, low=1))
+        self.num_workers = int(check_number("num_workers", num_workers, low=0))
         self.cache_in_memory = bool(cache_in_memory)
         self.features = features
         self.min_utterances_per_speaker = int(min_utterances_per_speaker)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from speakerzoo import __version__
+from speakerzoo.argtypes import check_number
 from speakerzoo.features import FeatureConfig, Frontend
 from speakerzoo.scoring import EqualErrorRate, MinDCF, Trials, eer_threshold, score_trials, subset_trials
 from speakerzoo.zoo import registry as _registry
@@ -176,9 +177,9 @@ class SpeakerEmbeddingModule(L.LightningModule):
         self.speaker_names = speaker_names
         self.sample_rate = int(sample_rate)
         self.frontend = Frontend(frontend, self.sample_rate)
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.warmup_epochs = warmup_epochs
+        self.lr = check_number("lr", lr, low=0, low_open=True, hint="the learning rate, e.g. 0.001")
+        self.weight_decay = check_number("weight_decay", weight_decay, low=0, hint="e.g. 0.0001, or 0 for none")
+        self.warmup_epochs = check_number("warmup_epochs", warmup_epochs, low=0, hint="0 for no warm-up")
         self.init_from = None if init_from is None else str(init_from)
         #: What :meth:`init_weights_from` loaded for ``init_from`` (``None`` until applied).
         self.init_report: LoadReport | None = None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from speechbrain.lobes.models.ECAPA_TDNN import Classifier
 from speechbrain.nnet.losses import AdditiveAngularMargin
 from torch import Tensor, nn
+
+from speakerzoo.argtypes import check_number
 
 
 class AAMSoftmax(nn.Module):
@@ -47,6 +51,10 @@ class AAMSoftmax(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"AAMSoftmax needs at least one class, got num_classes={num_classes}")
+        # scale 0 or a negative margin leave the loss at ln(classes) for ever: nothing is learnt.
+        scale = check_number("scale", scale, low=0, low_open=True, hint="the AAM logit scale s, e.g. 30")
+        margin = check_number("margin", margin, low=0, high=math.pi / 2, high_open=True,
+                              hint="the additive angular margin m in radians, e.g. 0.2")
         self.embedding_dim = int(embedding_dim)
         self.num_classes = int(num_classes)
         self.classifier = Classifier(input_size=self.embedding_dim, lin_blocks=0, out_neurons=self.num_classes)

@@ -426,3 +426,19 @@ def test_a_float_wav_above_full_scale_is_scaled_not_clipped(tmp_path):
     assert np.abs(stored).max() <= 1.0
     # the shape of the wave is kept (no flattened peaks): the stored clip is the original, scaled
     np.testing.assert_allclose(stored * (1.5 / np.abs(stored).max()), loud, atol=1e-3)  # clipping: off by 0.5
+
+
+@pytest.mark.parametrize("kind", ["utf16", "huge_cell", "latin1"])
+def test_unreadable_manifests_are_named_with_the_fix(messy, tmp_path, kind, capsys):
+    csv_path = tmp_path / f"{kind}.csv"
+    rows = f"path,speaker\n{messy['a1']},alice\n{messy['b1']},bob\n"
+    if kind == "utf16":
+        csv_path.write_text(rows, encoding="utf-16")
+    elif kind == "huge_cell":
+        csv_path.write_text(rows + '"' + "x" * 200_000 + '",carol\n')  # csv's field limit is 131,072
+    else:
+        csv_path.write_bytes(rows.encode() + "caf\u00e9.wav,d\u00e9sir\u00e9e\n".encode("latin-1"))
+    assert main(["manifest", str(csv_path), "--output", str(tmp_path / "out.h5"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert str(csv_path) in err and "Traceback" not in err
+    assert {"utf16": "UTF-16 text", "huge_cell": "not a readable CSV manifest", "latin1": "not UTF-8 text"}[kind] in err

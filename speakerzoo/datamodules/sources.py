@@ -251,6 +251,22 @@ def manifest(csv_path: str | Path) -> list[Utterance]:
     if not csv_path.is_file():
         raise SourceError(f"{csv_path}: no such manifest file (expected {layout})")
     csv_path = csv_path.resolve()
+    with open(csv_path, "rb") as f:
+        head = f.read(4)
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise SourceError(f"{csv_path}: the manifest is UTF-16 text (spreadsheets save it so); save it as UTF-8 "
+                          f"CSV, e.g. iconv -f UTF-16 -t UTF-8 {csv_path.name} > manifest-utf8.csv")
+    try:
+        return _read_manifest(csv_path, layout)
+    except UnicodeDecodeError as error:
+        raise SourceError(f"{csv_path}: the manifest is not UTF-8 text (byte {error.start} cannot be decoded); "
+                          "save it as UTF-8 CSV") from None
+    except csv.Error as error:  # e.g. a cell over csv's field size limit: not a manifest, or a broken quote
+        raise SourceError(f"{csv_path}: not a readable CSV manifest ({error}); is a quote left open? "
+                          f"(expected {layout})") from None
+
+
+def _read_manifest(csv_path: Path, layout: str) -> list[Utterance]:
     base = csv_path.parent
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)

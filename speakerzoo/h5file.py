@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import re
 import warnings
+import zlib
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 try:  # POSIX; elsewhere outputs are written without a lock
     import fcntl
@@ -52,6 +55,86 @@ def _take_lock(path: Path):
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
+
+
+def text_digest(values) -> str:
+    """sha256 of a list of strings (each ended by a NUL): the checksum of a string dataset, which
+    HDF5's chunk checksums cannot cover."""
+    digest = hashlib.sha256()
+    for value in values:
+        digest.update((value.decode() if isinstance(value, bytes) else str(value)).encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+class ChecksumMismatch(ValueError):
+    """Data read back from an HDF5 file is not what was written (the file is damaged)."""
+
+
+def read_checked(dataset: h5py.Dataset) -> np.ndarray:
+    """The whole of ``dataset``, checked against its ``sha256`` attribute where it has one."""
+    values = dataset[()]
+    stored = dataset.attrs.get("sha256")
+    if stored is not None and hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest() != stored:
+        raise ChecksumMismatch(f"{dataset.name} fails its checksum")
+    return values
+
+
+class BlockChecksums:
+    """CRC-32 of every ``block`` rows of an array written in pieces of any length, so that a
+    later read of any rows can be checked by reading the whole blocks around them.
+
+    >>> import numpy as np
+    >>> data = np.arange(10, dtype=np.int16)
+    >>> sums = BlockChecksums(4)
+    >>> sums.update(data[:3]); sums.update(data[3:])
+    >>> crcs = sums.finish()
+    >>> len(crcs), read_blocks_checked(data, crcs, 4, 5, 9).tolist()
+    (3, [5, 6, 7, 8])
+    """
+
+    def __init__(self, block: int):
+        self.block = int(block)
+        self._crcs: list[int] = []
+        self._crc = 0
+        self._fill = 0
+
+    def update(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows)
+        i = 0
+        while i < len(rows):
+            take = min(self.block - self._fill, len(rows) - i)
+            self._crc = zlib.crc32(rows[i:i + take].tobytes(), self._crc)
+            self._fill += take
+            i += take
+            if self._fill == self.block:
+                self._crcs.append(self._crc)
+                self._crc, self._fill = 0, 0
+
+    def finish(self) -> np.ndarray:
+        crcs = self._crcs + ([self._crc] if self._fill else [])
+        return np.asarray(crcs, dtype=np.uint32)
+
+
+def read_blocks_checked(source, crcs: np.ndarray, block: int, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start:stop]`` of ``source`` (a dataset or an array), after checking the CRC-32 of
+    every block of ``block`` rows they touch (:class:`BlockChecksums`); HDF5 reads whole chunks
+    anyway, so the wider read costs no more I/O when blocks are chunks."""
+    if stop <= start:
+        return source[start:stop]
+    first, last = start // block, (stop - 1) // block
+    lo, hi = first * block, min((last + 1) * block, len(source))
+    rows = np.ascontiguousarray(source[lo:hi])
+    for k in range(first, last + 1):
+        piece = rows[(k - first) * block:(k - first + 1) * block]
+        if zlib.crc32(piece.tobytes()) != int(crcs[k]):
+            raise ChecksumMismatch(f"rows {k * block}-{k * block + len(piece) - 1} fail their checksum")
+    return rows[start - lo:stop - lo]
+
+
+def is_checksum_failure(error: BaseException) -> bool:
+    """Whether a read error says the data is damaged: our checksums, or HDF5's report that a
+    chunk failed its Fletcher-32 checksum."""
+    return isinstance(error, ChecksumMismatch) or (isinstance(error, OSError) and "filter returned failure" in str(error))
 
 
 def _alive(pid: int) -> bool:
@@ -119,6 +202,20 @@ class AtomicH5Writer:
 
     def __enter__(self):
         return self
+
+    def dataset(self, name: str, data: np.ndarray | None = None, **kwargs) -> h5py.Dataset:
+        """``create_dataset`` for numbers, with checks that reading them back makes.
+
+        HDF5's Fletcher-32 checksum on every chunk catches damage inside a chunk. A dataset
+        written whole (``data``) also gets the sha256 of its bytes as the attribute ``sha256``
+        (see :func:`read_checked`): damage to the file's chunk index makes HDF5 return zeros for
+        the chunks it lost, without an error. Arrays that grow (audio, features) carry
+        :class:`BlockChecksums` instead. Variable-length strings cannot be filtered; see
+        :func:`text_digest`."""
+        dataset = self._h5.create_dataset(name, data=data, fletcher32=True, **kwargs)
+        if data is not None:
+            dataset.attrs["sha256"] = hashlib.sha256(np.ascontiguousarray(dataset[()]).tobytes()).hexdigest()
+        return dataset
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self._finished:

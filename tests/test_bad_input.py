@@ -442,3 +442,39 @@ def test_unreadable_manifests_are_named_with_the_fix(messy, tmp_path, kind, caps
     err = capsys.readouterr().err
     assert str(csv_path) in err and "Traceback" not in err
     assert {"utf16": "UTF-16 text", "huge_cell": "not a readable CSV manifest", "latin1": "not UTF-8 text"}[kind] in err
+
+
+# --------------------------------------------------------------------------- damaged files
+
+
+def test_a_damaged_corpus_is_an_error_not_other_audio(fsdd_root, tmp_path):
+    # 1 MB zeroed in the middle of a real corpus used to change 15 utterances silently.
+    records = [r for r in sources.fsdd(fsdd_root) if r.speaker in ("george", "jackson")]
+    prepare(records, tmp_path / "fsdd.h5", sample_rate=8000, workers=0, progress=False)
+    damaged = tmp_path / "damaged.h5"
+    data = bytearray((tmp_path / "fsdd.h5").read_bytes())
+    middle = len(data) // 2
+    data[middle: middle + (1 << 20)] = bytes(1 << 20)
+    damaged.write_bytes(bytes(data))
+    good, bad = Corpus(tmp_path / "fsdd.h5"), Corpus(damaged)
+    failures = []
+    for i in range(len(good)):
+        try:
+            assert np.array_equal(bad.pcm(i), good.pcm(i)), f"utterance {i} differs without an error"
+        except CorpusError as error:
+            failures.append(str(error))
+    assert failures, "the zeroed block hit no utterance"
+    assert f"{damaged} is damaged: the audio of utterance" in failures[0] and "fails its checksum" in failures[0]
+
+
+def test_a_damaged_text_list_is_an_error(messy, tmp_path):
+    out = tmp_path / "c.h5"
+    prepare(sources.folder(messy["root"]), out, workers=0, progress=False)
+    import h5py
+
+    with h5py.File(out, "r+") as h5:  # what a bit flip in the strings heap does: another name
+        ids = [s.decode() for s in h5["utt_id"][:]]
+        h5["utt_id"][0] = ids[0][::-1]
+    with pytest.raises(CorpusError, match=r"c\.h5 is damaged: its utt_id list fails its checksum"):
+        Corpus(out).texts("utt_id")
+    assert Corpus(out).texts("path")  # the other lists are intact

@@ -412,9 +412,9 @@ class EmbeddingWriter(AtomicH5Writer):
             self._ids.add(u)
         if self._emb is None:
             dim = emb.shape[1]
-            self._emb = self._h5.create_dataset("embedding", shape=(0, dim), maxshape=(None, dim), dtype=np.float32,
-                                                chunks=(max(1, min(4096, (1 << 18) // max(dim, 1))), dim),
-                                                track_times=False)
+            self._emb = self.dataset("embedding", shape=(0, dim), maxshape=(None, dim), dtype=np.float32,
+                                     chunks=(max(1, min(4096, (1 << 18) // max(dim, 1))), dim),
+                                     track_times=False)
             self.dim = dim
         elif emb.shape[1] != self._emb.shape[1]:
             raise ValueError(f"embedding size {emb.shape[1]} differs from the first rows' {self._emb.shape[1]}")

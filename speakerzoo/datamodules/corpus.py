@@ -40,11 +40,23 @@ from tqdm.auto import tqdm
 from speakerzoo import __version__
 from speakerzoo.datamodules import splits as splitting
 from speakerzoo.features import PRESETS, FeatureConfig, Frontend
-from speakerzoo.h5file import AtomicH5Writer, created_timestamp
+from speakerzoo.h5file import (
+    AtomicH5Writer,
+    BlockChecksums,
+    ChecksumMismatch,
+    created_timestamp,
+    is_checksum_failure,
+    read_blocks_checked,
+    read_checked,
+    text_digest,
+)
 
 FORMAT = "speakerzoo-corpus"
 SCHEMA_VERSION = 1
 _STR = h5py.string_dtype()
+#: Rows per HDF5 chunk, and per CRC-32 of a corpus' audio (samples) and cached features (frames).
+AUDIO_BLOCK = 1 << 16
+FEATURE_BLOCK = 4096
 _TEXT_FIELDS = ("utt_id", "path", "transcript", "session")
 
 
@@ -112,7 +124,8 @@ class CorpusWriter(AtomicH5Writer):
         super().__init__(path)
         self.sample_rate = int(sample_rate)
         self.settings = dict(settings or {})
-        self._audio = self._h5.create_dataset("audio", shape=(0,), maxshape=(None,), dtype=np.int16, chunks=(1 << 16,))
+        self._audio = self.dataset("audio", shape=(0,), maxshape=(None,), dtype=np.int16, chunks=(AUDIO_BLOCK,))
+        self._audio_crc = BlockChecksums(AUDIO_BLOCK)
         self._offsets = [0]
         self._speaker_names: list[str] = []
         self._speaker_index: dict[str, int] = {}
@@ -164,6 +177,7 @@ class CorpusWriter(AtomicH5Writer):
         start = self._audio.shape[0]
         self._audio.resize((start + block.size,))
         self._audio[start:] = block
+        self._audio_crc.update(block)
         self._pending, self._pending_len = [], 0
 
     def finish(self, features: Iterable[str | FeatureConfig | dict] = (), ratios=(0.7, 0.15, 0.15), seed: int = 0,
@@ -175,21 +189,23 @@ class CorpusWriter(AtomicH5Writer):
         h5 = self._h5
         offsets = np.asarray(self._offsets, dtype=np.int64)
         speaker = np.asarray(self._speaker, dtype=np.int32)
-        h5["offsets"] = offsets
-        h5["speaker"] = speaker
+        self.dataset("offsets", data=offsets)
+        self.dataset("audio_crc32", data=self._audio_crc.finish())
+        self.dataset("speaker", data=speaker)
         for key, values in self._text.items():
             h5.create_dataset(key, data=np.asarray(values, dtype=object), dtype=_STR)
-        h5["duration"] = (np.diff(offsets) / self.sample_rate).astype(np.float32)
-        h5.create_dataset("splits/noise", data=np.flatnonzero(speaker < 0).astype(np.int64))
+            h5[key].attrs["sha256"] = text_digest(values)
+        self.dataset("duration", data=(np.diff(offsets) / self.sample_rate).astype(np.float32))
+        self.dataset("splits/noise", data=np.flatnonzero(speaker < 0).astype(np.int64))
         for mode, split_fn in (("utterance", splitting.split_by_utterance), ("speaker", splitting.split_by_speaker)):
             parts = split_fn(speaker, ratios=ratios, seed=seed)
             for part, idx in parts.items():
-                h5.create_dataset(f"splits/{mode}/{part}", data=idx)
+                self.dataset(f"splits/{mode}/{part}", data=idx)
                 if part == "train":
                     continue
                 pairs, ident = splitting.make_trials(speaker, idx, seed=seed, max_anchors=max_trial_anchors)
-                h5.create_dataset(f"trials/{mode}/{part}/pairs", data=pairs)
-                h5.create_dataset(f"trials/{mode}/{part}/ident", data=ident)
+                self.dataset(f"trials/{mode}/{part}/pairs", data=pairs)
+                self.dataset(f"trials/{mode}/{part}/ident", data=ident)
         for spec in features:
             self._write_features(FeatureConfig.parse(spec), offsets, progress)
         h5.attrs.update({
@@ -210,20 +226,22 @@ class CorpusWriter(AtomicH5Writer):
             raise ValueError("the waveform is already stored; choose a feature such as fbank80, mfcc26 or logmel64")
         frontend = Frontend(config, self.sample_rate)
         group = self._h5.create_group(f"features/{config.key}")
-        data = group.create_dataset("data", shape=(0, config.dim), maxshape=(None, config.dim), dtype=np.float32,
-                                    chunks=(4096, config.dim))
+        data = self.dataset(f"features/{config.key}/data", shape=(0, config.dim), maxshape=(None, config.dim),
+                            dtype=np.float32, chunks=(FEATURE_BLOCK, config.dim))
         frame_offsets = [0]
         n = len(offsets) - 1
         bar = tqdm(total=n, desc=f"features {config.key}", unit="utt", disable=not progress, leave=False)
+        checksums = BlockChecksums(FEATURE_BLOCK)
         with single_torch_thread():
-            self._feature_loop(frontend, config, offsets, data, frame_offsets, bar)
+            self._feature_loop(frontend, config, offsets, data, frame_offsets, bar, checksums)
         bar.close()
-        group.create_dataset("offsets", data=np.asarray(frame_offsets, dtype=np.int64))
+        self.dataset(f"features/{config.key}/crc32", data=checksums.finish())
+        self.dataset(f"features/{config.key}/offsets", data=np.asarray(frame_offsets, dtype=np.int64))
         group.attrs["config"] = config.to_json()
         group.attrs["sample_rate"] = self.sample_rate
 
     def _feature_loop(self, frontend: Frontend, config: FeatureConfig, offsets: np.ndarray, data: h5py.Dataset,
-                      frame_offsets: list[int], bar) -> None:
+                      frame_offsets: list[int], bar, checksums: BlockChecksums) -> None:
         audio = self._audio
         n = len(offsets) - 1
         start = 0
@@ -243,6 +261,7 @@ class CorpusWriter(AtomicH5Writer):
                 first = data.shape[0]
                 data.resize((first + len(block), config.dim))
                 data[first:] = block
+                checksums.update(block)
                 bar.update(stop - start)
                 start = stop
 
@@ -264,12 +283,21 @@ class Corpus:
             with h5py.File(self.path, "r") as h5:
                 self._load_index(h5)
                 self._audio_cache = h5["audio"][:] if in_memory else None
+                if self._audio_cache is not None and self._audio_crc is not None:  # checked once, here
+                    read_blocks_checked(self._audio_cache, self._audio_crc, AUDIO_BLOCK, 0, len(self._audio_cache))
                 self._feature_cache = (
                     {key: h5[f"features/{key}/data"][:] for key in self.feature_configs} if in_memory else {}
                 )
         except CorpusError:
             raise
-        except (OSError, KeyError, ValueError) as err:
+        except (OSError, ChecksumMismatch) as err:
+            if is_checksum_failure(err):
+                raise self._damaged(f"its index ({err})") from err
+            raise CorpusError(
+                f"{self.path}: not a complete speakerzoo corpus ({err}); the file may be truncated or still being "
+                f"written. Prepare it again with `speakerzoo prepare ... --output {self.path}`"
+            ) from err
+        except (KeyError, ValueError) as err:
             raise CorpusError(
                 f"{self.path}: not a complete speakerzoo corpus ({err}); the file may be truncated or still being "
                 f"written. Prepare it again with `speakerzoo prepare ... --output {self.path}`"
@@ -291,18 +319,23 @@ class Corpus:
         self.sample_rate = int(attrs["sample_rate"])
         self.speakers: list[str] = json.loads(attrs["speakers"])
         self.settings: dict[str, Any] = json.loads(attrs["settings"])
-        self.offsets = h5["offsets"][:]
+        self.offsets = read_checked(h5["offsets"])
         self.num_samples = np.diff(self.offsets)  # length of every utterance in samples
-        self.speaker = h5["speaker"][:].astype(np.int64)
-        self.duration = h5["duration"][:]
+        self.speaker = read_checked(h5["speaker"]).astype(np.int64)
+        self.duration = read_checked(h5["duration"])
         if self.offsets[-1] != h5["audio"].shape[0]:
             raise CorpusError(f"{self.path}: audio array is shorter than its index (truncated); prepare it again")
-        self._splits = {name: h5[f"splits/{name}"][:] for name in self._walk(h5["splits"])}
-        self._trials = {name: h5[f"trials/{name}"][:] for name in self._walk(h5["trials"])} if "trials" in h5 else {}
+        # Corpora written before checksums have none; they are read unchecked.
+        self._audio_crc = read_checked(h5["audio_crc32"]) if "audio_crc32" in h5 else None
+        self._splits = {name: read_checked(h5[f"splits/{name}"]) for name in self._walk(h5["splits"])}
+        self._trials = ({name: read_checked(h5[f"trials/{name}"]) for name in self._walk(h5["trials"])}
+                        if "trials" in h5 else {})
         self.feature_configs: dict[str, FeatureConfig] = {
             key: FeatureConfig.parse(str(group.attrs["config"])) for key, group in h5.get("features", {}).items()
         }
-        self._feature_offsets = {key: h5[f"features/{key}/offsets"][:] for key in self.feature_configs}
+        self._feature_offsets = {key: read_checked(h5[f"features/{key}/offsets"]) for key in self.feature_configs}
+        self._feature_crc = {key: read_checked(h5[f"features/{key}/crc32"]) for key in self.feature_configs
+                             if f"features/{key}/crc32" in h5}
 
     @staticmethod
     def _walk(group: h5py.Group) -> list[str]:
@@ -332,11 +365,22 @@ class Corpus:
         return len(self.speaker)
 
 
+    def _damaged(self, what: str) -> CorpusError:
+        return CorpusError(f"{self.path} is damaged: {what} fails its checksum (the file changed after it was "
+                           f"written: a bad disk or copy). Copy it again, or prepare it again with "
+                           f"`speakerzoo prepare ... --output {self.path}`")
+
     def texts(self, field: str) -> list[str]:
-        """One of ``utt_id``, ``path``, ``transcript``, ``session`` for every utterance."""
+        """One of ``utt_id``, ``path``, ``transcript``, ``session`` for every utterance (checked against
+        the digest stored beside it, where the corpus has one)."""
         if field not in _TEXT_FIELDS:
             raise KeyError(f"{field!r} is not one of {_TEXT_FIELDS}")
-        return [s.decode() if isinstance(s, bytes) else s for s in self._file()[field][:]]
+        dataset = self._file()[field]
+        values = [s.decode() if isinstance(s, bytes) else s for s in dataset[:]]
+        stored = dataset.attrs.get("sha256")
+        if stored is not None and text_digest(values) != stored:
+            raise self._damaged(f"its {field} list")
+        return values
 
     def split(self, mode: str, part: str) -> np.ndarray:
         """Utterance indices of ``part`` (train/val/test) under split ``mode`` (utterance/speaker)."""
@@ -358,8 +402,17 @@ class Corpus:
         lo = int(self.offsets[i])
         hi = int(self.offsets[i + 1])
         a, b = lo + start, hi if stop is None else min(lo + stop, hi)
-        src = self._audio_cache if self._audio_cache is not None else self._file()["audio"]
-        return src[a:b]
+        source = self._audio_cache if self._audio_cache is not None else None
+        try:
+            if source is None:
+                source = self._file()["audio"]
+            if self._audio_crc is None:
+                return source[a:b]
+            return read_blocks_checked(source, self._audio_crc, AUDIO_BLOCK, a, b)
+        except (OSError, ChecksumMismatch) as err:
+            if is_checksum_failure(err):
+                raise self._damaged(f"the audio of utterance {i}") from err
+            raise
 
     def audio(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Float32 samples ``[start:stop]`` of utterance ``i``."""
@@ -375,10 +428,17 @@ class Corpus:
         offsets = self._feature_offsets[key]
         lo, hi = int(offsets[i]), int(offsets[i + 1])
         b = hi if stop is None else min(lo + stop, hi)
-        src = self._feature_cache.get(key)
-        if src is None:
-            src = self._file()[f"features/{key}/data"]
-        return src[lo + start:b]
+        source = self._feature_cache.get(key)
+        try:
+            if source is None:
+                source = self._file()[f"features/{key}/data"]
+            if key not in self._feature_crc:
+                return source[lo + start:b]
+            return read_blocks_checked(source, self._feature_crc[key], FEATURE_BLOCK, lo + start, b)
+        except (OSError, ChecksumMismatch) as err:
+            if is_checksum_failure(err):
+                raise self._damaged(f"the {key} features of utterance {i}") from err
+            raise
 
     def num_frames(self, key: str) -> np.ndarray:
         """Length of every utterance in frames of the cached feature ``key``."""

@@ -120,8 +120,8 @@ class FrameFileWriter(AtomicH5Writer):
 
     def write(self, frames: np.ndarray, labels: np.ndarray, features: FeatureConfig, subject: str | None,
               attrs: dict[str, Any]) -> Path:
-        self._h5.create_dataset("frames", data=frames)
-        self._h5.create_dataset("labels", data=labels)
+        self.dataset("frames", data=frames)
+        self.dataset("labels", data=labels)
         self._h5.attrs.update({
             "format": FRAME_FORMAT, "schema_version": FRAME_SCHEMA_VERSION, "features": json.dumps(features.to_dict()),
             "subject": "" if subject is None else str(subject), "settings": json.dumps(attrs),

@@ -166,3 +166,24 @@ def test_commands_check_the_registry_class_of_a_name(ecapa_ckpt, fsdd_root, tmp_
     err = capsys.readouterr().err
     assert "registry entry 'wrong' says class speakerzoo.zoo.se_cnn_bigru.SECNNBiGRU" in err
     assert not (tmp_path / "e.h5").exists()
+
+
+def test_a_changed_weight_in_the_file_is_an_error_not_other_scores(ecapa_ckpt, toy, tmp_path, capsys):
+    # One weight changed where it lies in the file (the zip keeps tensors as raw bytes): torch.load
+    # does not notice, and the model used to load and score differently.
+    checkpoint = torch.load(ecapa_ckpt, weights_only=True)
+    assert set(checkpoint["speakerzoo"]["tensor_sha256"]) == set(checkpoint["state_dict"])
+    weight = checkpoint["state_dict"]["head.classifier.weight"]
+    data = bytearray(ecapa_ckpt.read_bytes())
+    raw = weight.contiguous().numpy().tobytes()
+    at = data.find(raw[:64])
+    assert at > 0 and data.find(raw[:64], at + 1) < 0  # the tensor's bytes, found once
+    data[at + 13] ^= 0x10
+    flipped = tmp_path / "flipped.ckpt"
+    flipped.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(flipped, weights_only=True)["state_dict"]["head.classifier.weight"], weight)
+    with pytest.raises(InvalidCheckpointError, match=r"flipped\.ckpt is damaged: 1 weight tensor\(s\) differ .*"
+                                                     r"head\.classifier\.weight"):
+        SpeakerEmbeddingModule.from_pretrained(flipped)
+    err = run_cli(capsys, "test", "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", f"--ckpt_path={flipped}")
+    assert f"{flipped} is damaged" in err

@@ -34,7 +34,12 @@ from speakerzoo.argtypes import check_number
 from speakerzoo.features import FeatureConfig, Frontend
 from speakerzoo.scoring import EqualErrorRate, MinDCF, Trials, eer_threshold, score_trials, subset_trials
 from speakerzoo.zoo import registry as _registry
-from speakerzoo.zoo.checkpoint import InvalidCheckpointError, read_checkpoint_file
+from speakerzoo.zoo.checkpoint import (
+    InvalidCheckpointError,
+    check_tensor_digests,
+    read_checkpoint_file,
+    tensor_digests,
+)
 
 Batch = dict[str, Tensor]
 
@@ -556,6 +561,7 @@ class SpeakerEmbeddingModule(L.LightningModule):
             "embedding_dim": int(getattr(self, "embedding_dim", 0)),
             "train_seed": self._train_seed,
             "eer_threshold": self.eer_threshold,
+            "tensor_sha256": tensor_digests(checkpoint.get("state_dict", {})),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -563,6 +569,8 @@ class SpeakerEmbeddingModule(L.LightningModule):
         # checkpoint, so init_from must not be applied (again) over them.
         self._restored = True
         self._init_from_done = True
+        # Trainer.fit/test(ckpt_path=...) called from Python: the CLI checked the file already.
+        check_tensor_digests(checkpoint, "the checkpoint being restored")
         meta = checkpoint.get("speakerzoo")
         if isinstance(meta, Mapping) and meta.get("train_seed") is not None:
             self._train_seed = int(meta["train_seed"])

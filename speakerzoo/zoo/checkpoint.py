@@ -10,6 +10,7 @@ must not be done with a file of unknown origin.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zipfile
 from collections.abc import Mapping
@@ -73,4 +74,36 @@ def read_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
         raise InvalidCheckpointError(
             f"{path} is a PyTorch file but holds a {type(checkpoint).__name__}, not a checkpoint dictionary"
         )
+    check_tensor_digests(checkpoint, path)
     return checkpoint
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes (dtype and shape are checked when the weights are loaded)."""
+    data = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return hashlib.sha256(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"").hexdigest()
+
+
+def tensor_digests(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """The :func:`tensor_digest` of every tensor of ``state_dict``, stored in a checkpoint's
+    ``speakerzoo`` entry as ``tensor_sha256``: a weight changed in the file after it was written (a
+    bad disk or copy) is then an error at loading, not a model that scores differently."""
+    return {key: tensor_digest(value) for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
+
+
+def check_tensor_digests(checkpoint: Mapping[str, Any], source: str | Path) -> None:
+    """Refuse a checkpoint whose tensors differ from the digests it records (files without digests,
+    of older versions or other programs, are not checked)."""
+    meta = checkpoint.get("speakerzoo")
+    stored = meta.get("tensor_sha256") if isinstance(meta, Mapping) else None
+    state = checkpoint.get("state_dict")
+    if not isinstance(stored, Mapping) or not isinstance(state, Mapping):
+        return
+    damaged = sorted(key for key, digest in stored.items()
+                     if key not in state or not isinstance(state[key], torch.Tensor) or tensor_digest(state[key]) != digest)
+    if damaged:
+        shown = ", ".join(damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        raise InvalidCheckpointError(
+            f"{source} is damaged: {len(damaged)} weight tensor(s) differ from the digests written with them "
+            f"({shown}). Copy the file again, or use another checkpoint of the run."
+        )

@@ -109,11 +109,14 @@ def loudest_frame_dbfs(wave: np.ndarray, sample_rate: int, frame_ms: float = 25.
     -inf
     """
     frame = max(int(sample_rate * frame_ms / 1000), 1)
-    wave = np.asarray(wave, dtype=np.float64)
+    wave = np.asarray(wave)
     if wave.size == 0:
         return float("-inf")
     frames = wave[None, :] if len(wave) < frame else wave[: len(wave) // frame * frame].reshape(-1, frame)
-    loudest = float(np.max(np.mean(frames ** 2, axis=1)))
+    loudest = 0.0
+    for i in range(0, len(frames), 1 << 14):  # in slabs: no float64 copy of a whole long recording
+        slab = frames[i:i + (1 << 14)].astype(np.float64)
+        loudest = max(loudest, float(np.max(np.mean(slab * slab, axis=1))))
     return float(10.0 * np.log10(loudest)) if loudest > 0 else float("-inf")
 
 

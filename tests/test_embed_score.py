@@ -480,3 +480,27 @@ def test_an_output_that_is_an_input_is_refused_and_the_input_kept(corpus, checkp
         err = capsys.readouterr().err
         assert f"--output {output} is an input of this run" in err and "new name" in err
     assert target.read_bytes() == before
+
+
+def test_a_long_recording_is_embedded_in_bounded_segments(model, speech_folder, monkeypatch):
+    # 150 s of real speech: three 50 s segments, none of the forward passes longer than BATCH_SECONDS.
+    from speakerzoo.audio import load_audio
+    from speakerzoo.commands.embed import BATCH_SECONDS, segment_bounds
+
+    rate = model.sample_rate
+    clips = [load_audio(p, rate)[0] for p in sorted(speech_folder.rglob("*.wav"))[:6] if p.stat().st_size > 1000]
+    speech = np.tile(np.concatenate(clips), 200)[: 150 * rate]
+    short = speech[: 20 * rate]
+    whole = embed_waveforms(model, [speech, short], long_seconds=None)
+    seen = []
+    embed = model.embed
+    monkeypatch.setattr(model, "embed", lambda x, *a, **k: (seen.append(x.numel()), embed(x, *a, **k))[1])
+    got = embed_waveforms(model, [speech, short], batch_size=32, long_seconds=60)
+    monkeypatch.undo()
+    bounds = segment_bounds(len(speech), 60 * rate)
+    assert [b - a for a, b in bounds] == [50 * rate] * 3
+    parts = embed_waveforms(model, [speech[a:b] for a, b in bounds], long_seconds=None)
+    torch.testing.assert_close(got[0], parts.mean(0), rtol=0, atol=1e-6)  # equal lengths: the plain mean
+    assert torch.equal(got[1], whole[1])  # recordings under the limit are embedded whole, as before
+    assert max(seen) <= BATCH_SECONDS * rate and sum(seen) == len(speech) + len(short)
+    assert torch.nn.functional.cosine_similarity(got[0], whole[0], dim=0) > 0.9  # near the one-pass embedding

@@ -49,6 +49,7 @@ import sys
 import textwrap
 import time
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,12 @@ _MAX_SKIPPED_IN_ATTRS = 1000
 _MAX_SKIPPED_PRINTED = 20
 #: Audio held in memory at once while embedding files (samples; 2^25 = 35 min at 16 kHz, 128 MiB).
 WINDOW_SAMPLES = 1 << 25
+#: Recordings longer than this are embedded as the length-weighted mean of the embeddings of
+#: near-equal segments no longer than it, and no forward pass is given more audio than
+#: :data:`BATCH_SECONDS`: the model's memory then does not grow with a recording's length (a
+#: 30-minute file took 4.1 GB as one pass). Shorter recordings are embedded whole, as before.
+LONG_RECORDING_SECONDS = 60.0
+BATCH_SECONDS = 120.0
 
 
 class EmbeddingError(RuntimeError):
@@ -106,8 +113,9 @@ class EmbeddingError(RuntimeError):
 # --------------------------------------------------------------------------- batching
 
 
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices of ``lengths`` grouped into batches of *equal* length, at most ``batch_size`` each.
+def length_batches(lengths: Sequence[int], batch_size: int, max_samples: int | None = None) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into batches of *equal* length, at most ``batch_size`` each
+    and, with ``max_samples``, at most that many samples in all (but at least one utterance).
 
     Longest first; within one length, in input order. Every index appears exactly once.
 
@@ -115,6 +123,8 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
         >>> length_batches([5, 3, 5, 5, 4, 3], batch_size=2)
         [[0, 2], [3], [4], [1, 5]]
+        >>> length_batches([5, 5, 5], batch_size=8, max_samples=10)
+        [[0, 1], [2]]
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -124,8 +134,23 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     batches = []
     for n in sorted(by_length, reverse=True):
         same = by_length[n]
-        batches.extend(same[i : i + batch_size] for i in range(0, len(same), batch_size))
+        size = batch_size if max_samples is None else max(1, min(batch_size, max_samples // max(n, 1)))
+        batches.extend(same[i : i + size] for i in range(0, len(same), size))
     return batches
+
+
+def segment_bounds(length: int, longest: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of the fewest near-equal segments of at most ``longest`` samples that cover
+    ``length`` samples (one segment when it fits).
+
+    >>> segment_bounds(10, 4)
+    [(0, 3), (3, 7), (7, 10)]
+    >>> segment_bounds(3, 4)
+    [(0, 3)]
+    """
+    count = max(1, -(-int(length) // int(longest)))
+    edges = [round(k * length / count) for k in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 @contextlib.contextmanager
@@ -171,6 +196,7 @@ def embed_waveforms(
     exact: bool = True,
     threads: int | None = None,
     progress: Callable[[int], Any] | None = None,
+    long_seconds: float | None = LONG_RECORDING_SECONDS,
 ) -> Tensor:
     """Embed 1-D waveforms (at ``model.sample_rate``) in unpadded batches of equal length.
 
@@ -185,13 +211,36 @@ def embed_waveforms(
         threads: batches embedded in parallel on the CPU when ``exact`` (each on one thread);
             default ``torch.get_num_threads()``.
         progress: called with the number of utterances of each finished batch.
+        long_seconds: a waveform longer than this is embedded as the length-weighted mean of the
+            embeddings of its :func:`segment_bounds` segments (``None``: always whole). With it, no
+            forward pass holds more than :data:`BATCH_SECONDS` of audio, so memory is bounded
+            whatever the recordings' lengths.
 
     Returns:
         ``[len(waves), D]`` float32 embeddings on the CPU, in the order of ``waves``.
     """
-    tensors = [_as_tensor(w) for w in waves]
+    whole = [_as_tensor(w) for w in waves]
     device = torch.device(getattr(model, "device", "cpu"))
-    batches = length_batches([t.numel() for t in tensors], batch_size)
+    rate = int(getattr(model, "sample_rate", 16000))
+    longest = None if long_seconds is None else max(1, int(round(long_seconds * rate)))
+    tensors: list[Tensor] = []  # what is embedded: whole waveforms and the segments of long ones
+    owner: list[int] = []
+    for i, t in enumerate(whole):
+        for a, b in ([(0, t.numel())] if longest is None else segment_bounds(t.numel(), longest)):
+            tensors.append(t[a:b])
+            owner.append(i)
+    max_samples = None if longest is None else max(longest, int(round(BATCH_SECONDS * rate)))
+    batches = length_batches([t.numel() for t in tensors], batch_size, max_samples)
+    remaining = Counter(owner)
+
+    def done(batch: list[int]) -> None:
+        if progress is not None:
+            finished = 0
+            for j in batch:
+                remaining[owner[j]] -= 1
+                finished += remaining[owner[j]] == 0
+            if finished:
+                progress(finished)
 
     def run(batch: list[int]) -> Tensor:
         if exact and device.type == "cpu":
@@ -213,18 +262,28 @@ def embed_waveforms(
                 with ThreadPoolExecutor(max_workers=workers) as pool:
                     for batch, emb in zip(batches, pool.map(run, batches)):
                         rows.update(zip(batch, emb))
-                        if progress is not None:
-                            progress(len(batch))
+                        done(batch)
             else:
                 for batch in batches:
                     rows.update(zip(batch, run(batch)))
-                    if progress is not None:
-                        progress(len(batch))
+                    done(batch)
     finally:
         model.train(was_training)
     if not tensors:
         return torch.zeros(0, int(getattr(model, "embedding_dim", 0)))
-    return torch.stack([rows[i] for i in range(len(tensors))])
+    out = []
+    j = 0
+    for i in range(len(whole)):
+        parts = []
+        while j < len(tensors) and owner[j] == i:
+            parts.append(j)
+            j += 1
+        if len(parts) == 1:
+            out.append(rows[parts[0]])
+        else:  # a long recording: the mean of its segments' embeddings, weighted by their lengths
+            weights = torch.tensor([float(tensors[k].numel()) for k in parts])
+            out.append((torch.stack([rows[k] for k in parts]) * (weights / weights.sum())[:, None]).sum(0))
+    return torch.stack(out)
 
 
 def min_samples(model: torch.nn.Module, limit: int = 1 << 22) -> int:

@@ -31,6 +31,14 @@ def cli(*args: str) -> None:
         main(list(args))
 
 
+def fit_tiny(corpus: Path, root: Path, batches: int = 2) -> Path:
+    """One epoch of ``batches`` steps of the shrunk small config on ``corpus``, logging under ``root``;
+    the ``last.ckpt`` it wrote."""
+    cli("fit", "-c", SMALL, *TINY, *QUIET, f"--data.init_args.corpus={corpus}", "--trainer.max_epochs=1",
+        f"--trainer.limit_train_batches={batches}", f"--trainer.logger.init_args.save_dir={root}")
+    return next(Path(root).rglob("last.ckpt"))
+
+
 def fit_ddp_on_two_cpu_processes(*args: str, root: Path, cwd: Path) -> dict:
     """``speakerzoo fit ARGS...`` as two gloo processes through the real console entry point
     and the ddp preset (SyncBatchNorm off: it is CUDA-only), logging under ``root``; asserts

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 
-from cli_run import QUIET, SMALL, TINY, cli
+from cli_run import QUIET, SMALL, TINY, cli, fit_tiny
 from speakerzoo.datamodules.toy import prepare_toy
 from speakerzoo.zoo import ECAPA, InvalidCheckpointError, SpeakerEmbeddingModule
 
@@ -98,10 +98,7 @@ def corpus_b(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_a(corpus_a, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("run_a")
-    cli("fit", "-c", SMALL, *TINY, *QUIET, f"--data.init_args.corpus={corpus_a}", "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=2", f"--trainer.logger.init_args.save_dir={root}")
-    return next(root.rglob("last.ckpt"))
+    return fit_tiny(corpus_a, tmp_path_factory.mktemp("run_a"))
 
 
 def test_finetune_on_another_speaker_set(trained_a, corpus_b, tmp_path):

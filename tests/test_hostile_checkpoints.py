@@ -16,7 +16,7 @@ import torch
 from speakerzoo.datamodules.toy import prepare_toy
 from speakerzoo.zoo import FrameDNN, SpeakerEmbeddingModule
 from speakerzoo.zoo.checkpoint import InvalidCheckpointError, read_checkpoint_file
-from cli_run import QUIET, REPO, SMALL, TINY, cli
+from cli_run import QUIET, REPO, SMALL, TINY, cli, fit_tiny
 
 
 class Payload:
@@ -54,10 +54,7 @@ def toy(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ecapa_ckpt(toy, tmp_path_factory) -> Path:
     """A real ECAPA checkpoint of one short epoch through the CLI."""
-    root = tmp_path_factory.mktemp("ecapa")
-    cli("fit", "-c", SMALL, *TINY, *QUIET, f"--data.init_args.corpus={toy}", "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=1", f"--trainer.logger.init_args.save_dir={root}")
-    return next(root.rglob("last.ckpt"))
+    return fit_tiny(toy, tmp_path_factory.mktemp("ecapa"), batches=1)
 
 
 def run_cli(capsys, *args: str) -> str:

@@ -203,7 +203,7 @@ def test_fit_and_test_report_speakerzoo_errors_in_one_line(toy, tmp_path):
     foreign = tmp_path / "foreign.h5"
     foreign.write_bytes(os.urandom(50_000))
     cases = [
-        ("fit", ["--model.init_args.lr=-1"], "lr must be a number > 0, not -1.0"),
+        ("fit", ["--model.init_args.lr=-1"], "lr must be a number >= 0, not -1.0"),
         ("fit", ["--model.init_args.scale=0"], "scale must be a number > 0, not 0.0"),
         ("fit", ["--model.init_args.margin=-5"], "margin must be a number >= 0 and < 1.5708, not -5.0"),
         ("fit", ["--data.init_args.eval_max_seconds=-2"], "eval_max_seconds must be a number > 0, not -2.0"),
@@ -218,6 +218,6 @@ def test_fit_and_test_report_speakerzoo_errors_in_one_line(toy, tmp_path):
         assert f"speakerzoo {subcommand}: error: {message}" in proc.stderr, (extra, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
     # In Python the error is raised as usual, and a config that is right still runs.
-    with pytest.raises(ValueError, match="lr must be a number > 0"):
+    with pytest.raises(ValueError, match="lr must be a number >= 0"):
         cli("fit", "-c", SMALL, *TINY, f"--data.init_args.corpus={toy}", "--trainer.fast_dev_run=1",
             "--model.init_args.lr=-1")

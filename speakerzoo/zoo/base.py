@@ -182,7 +182,7 @@ class SpeakerEmbeddingModule(L.LightningModule):
         self.speaker_names = speaker_names
         self.sample_rate = int(sample_rate)
         self.frontend = Frontend(frontend, self.sample_rate)
-        self.lr = check_number("lr", lr, low=0, low_open=True, hint="the learning rate, e.g. 0.001")
+        self.lr = check_number("lr", lr, low=0, hint="the learning rate, e.g. 0.001; 0 leaves the weights as they are")
         self.weight_decay = check_number("weight_decay", weight_decay, low=0, hint="e.g. 0.0001, or 0 for none")
         self.warmup_epochs = check_number("warmup_epochs", warmup_epochs, low=0, hint="0 for no warm-up")
         self.init_from = None if init_from is None else str(init_from)

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from speakerzoo.commands.embed import batch_invariant_kernels, embed_waveforms
+from speakerzoo.inference.engine import batch_invariant_kernels, embed_waveforms
 from speakerzoo.datamodules import Corpus
 from speakerzoo.zoo import SpeakerEmbeddingModule
 

@@ -485,7 +485,7 @@ def test_an_output_that_is_an_input_is_refused_and_the_input_kept(corpus, checkp
 def test_a_long_recording_is_embedded_in_bounded_segments(model, speech_folder, monkeypatch):
     # 150 s of real speech: three 50 s segments, none of the forward passes longer than BATCH_SECONDS.
     from speakerzoo.audio import load_audio
-    from speakerzoo.commands.embed import BATCH_SECONDS, segment_bounds
+    from speakerzoo.inference.engine import BATCH_SECONDS, near_equal_segments
 
     rate = model.sample_rate
     clips = [load_audio(p, rate)[0] for p in sorted(speech_folder.rglob("*.wav"))[:6] if p.stat().st_size > 1000]
@@ -497,7 +497,7 @@ def test_a_long_recording_is_embedded_in_bounded_segments(model, speech_folder, 
     monkeypatch.setattr(model, "embed", lambda x, *a, **k: (seen.append(x.numel()), embed(x, *a, **k))[1])
     got = embed_waveforms(model, [speech, short], batch_size=32, long_seconds=60)
     monkeypatch.undo()
-    bounds = segment_bounds(len(speech), 60 * rate)
+    bounds = near_equal_segments(len(speech), 60 * rate)
     assert [b - a for a, b in bounds] == [50 * rate] * 3
     parts = embed_waveforms(model, [speech[a:b] for a, b in bounds], long_seconds=None)
     torch.testing.assert_close(got[0], parts.mean(0), rtol=0, atol=1e-6)  # equal lengths: the plain mean

@@ -40,18 +40,16 @@ from speakerzoo.argtypes import non_negative_int, parse_or_exit_code, positive_f
 from speakerzoo.audio import AUDIO_EXTENSIONS, AudioError
 from speakerzoo.commands.embed import (
     WINDOW_SAMPLES,
-    EmbeddingError,
     EmbeddingFile,
     Item,
     device_from_name,
-    embed_waveforms,
     load_item,
     load_model as load_checkpoint_model,
     items_from_folder,
-    min_samples,
 )
 from speakerzoo.datamodules.corpus import CorpusError
 from speakerzoo.datamodules.sources import SourceError
+from speakerzoo.inference.engine import EmbeddingError, embed_waveforms, min_samples
 from speakerzoo.zoo.registry import RegistryError
 from speakerzoo.zoo.registry import sha256_of
 from speakerzoo.zoo.uncertainty import (

@@ -81,7 +81,7 @@ class SpeakerZooCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then check ``--ckpt_path`` before Lightning reads it.
 
-        Lightning would unpickle a remote checkpoint with ``weights_only=False`` (running any code
+        Lightning would unpickle a remote checkpoint with ``weights_only`` off (running any code
         in it), and would let a local checkpoint's ``hyper_parameters`` choose the model class and
         its arguments over the user's config. Here a checkpoint is a local file that loads as plain
         data, is always loaded weights-only, and must hold the model class the config asks for.

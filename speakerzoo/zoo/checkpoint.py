@@ -4,7 +4,7 @@ A ``.ckpt`` file is a pickle, and unpickling can run any code the file names. Ev
 checkpoint speakerzoo reads (``from_pretrained``, ``init_from``, ``fit/test --ckpt_path``,
 the registry) goes through :func:`read_checkpoint_file`, which loads plain data and tensors
 only (``torch.load(weights_only=True)``) and explains a refusal in speakerzoo's words:
-torch's own message advises retrying with ``weights_only=False``, which is exactly what
+torch's own message advises retrying with ``weights_only`` off, which is exactly what
 must not be done with a file of unknown origin.
 """
 
@@ -40,7 +40,7 @@ def read_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
     if is_remote(path):
         raise InvalidCheckpointError(
             f"{path}: speakerzoo loads checkpoints from local files only (Lightning would unpickle a "
-            "remote one with weights_only=False, which runs any code it holds). Download it, check "
+            "remote one with weights_only off, which runs any code it holds). Download it, check "
             "its digest, and pass the local path."
         )
     path = Path(path)
@@ -63,7 +63,7 @@ def read_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
             raise InvalidCheckpointError(
                 f"{path}: refusing to load it: the file holds {what}, and unpickling that could run code. "
                 "A checkpoint that speakerzoo wrote holds only plain data and tensors; do not load this "
-                "file with weights_only=False unless you made it yourself."
+                "file with weights_only off unless you made it yourself."
             ) from None
         first_line = text.strip().splitlines()[0] if text.strip() else ""
         raise InvalidCheckpointError(

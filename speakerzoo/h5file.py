@@ -70,11 +70,16 @@ class ChecksumMismatch(ValueError):
     """Data read back from an HDF5 file is not what was written (the file is damaged)."""
 
 
+def array_digest(values: np.ndarray) -> str:
+    """sha256 of an array's bytes: the ``sha256`` attribute of a dataset written whole."""
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+
+
 def read_checked(dataset: h5py.Dataset) -> np.ndarray:
     """The whole of ``dataset``, checked against its ``sha256`` attribute where it has one."""
     values = dataset[()]
     stored = dataset.attrs.get("sha256")
-    if stored is not None and hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest() != stored:
+    if stored is not None and array_digest(values) != stored:
         raise ChecksumMismatch(f"{dataset.name} fails its checksum")
     return values
 
@@ -214,7 +219,7 @@ class AtomicH5Writer:
         :func:`text_digest`."""
         dataset = self._h5.create_dataset(name, data=data, fletcher32=True, **kwargs)
         if data is not None:
-            dataset.attrs["sha256"] = hashlib.sha256(np.ascontiguousarray(dataset[()]).tobytes()).hexdigest()
+            dataset.attrs["sha256"] = array_digest(dataset[()])
         return dataset
 
     def __exit__(self, exc_type, exc, tb) -> None:

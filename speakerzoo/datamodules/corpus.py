@@ -402,17 +402,8 @@ class Corpus:
         lo = int(self.offsets[i])
         hi = int(self.offsets[i + 1])
         a, b = lo + start, hi if stop is None else min(lo + stop, hi)
-        source = self._audio_cache if self._audio_cache is not None else None
-        try:
-            if source is None:
-                source = self._file()["audio"]
-            if self._audio_crc is None:
-                return source[a:b]
-            return read_blocks_checked(source, self._audio_crc, AUDIO_BLOCK, a, b)
-        except (OSError, ChecksumMismatch) as err:
-            if is_checksum_failure(err):
-                raise self._damaged(f"the audio of utterance {i}") from err
-            raise
+        return self._rows("audio", self._audio_cache, self._audio_crc, AUDIO_BLOCK, a, b,
+                          f"the audio of utterance {i}")
 
     def audio(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Float32 samples ``[start:stop]`` of utterance ``i``."""
@@ -428,16 +419,19 @@ class Corpus:
         offsets = self._feature_offsets[key]
         lo, hi = int(offsets[i]), int(offsets[i + 1])
         b = hi if stop is None else min(lo + stop, hi)
-        source = self._feature_cache.get(key)
+        return self._rows(f"features/{key}/data", self._feature_cache.get(key), self._feature_crc.get(key),
+                          FEATURE_BLOCK, lo + start, b, f"the {key} features of utterance {i}")
+
+    def _rows(self, name: str, cache: np.ndarray | None, crcs: np.ndarray | None, block: int, a: int, b: int,
+              what: str) -> np.ndarray:
+        """Rows ``[a:b]`` of dataset ``name`` (or of its in-memory ``cache``), checked against its
+        block checksums where the corpus has them; damage is a :class:`CorpusError` naming ``what``."""
         try:
-            if source is None:
-                source = self._file()[f"features/{key}/data"]
-            if key not in self._feature_crc:
-                return source[lo + start:b]
-            return read_blocks_checked(source, self._feature_crc[key], FEATURE_BLOCK, lo + start, b)
+            source = cache if cache is not None else self._file()[name]
+            return source[a:b] if crcs is None else read_blocks_checked(source, crcs, block, a, b)
         except (OSError, ChecksumMismatch) as err:
             if is_checksum_failure(err):
-                raise self._damaged(f"the {key} features of utterance {i}") from err
+                raise self._damaged(what) from err
             raise
 
     def num_frames(self, key: str) -> np.ndarray:

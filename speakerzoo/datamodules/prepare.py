@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import math
 import multiprocessing
 import os
 import signal
@@ -48,7 +47,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from speakerzoo.argtypes import non_negative_float, non_negative_int, parse_or_exit_code, positive_int
+from speakerzoo.argtypes import (
+    check_number,
+    non_negative_float,
+    non_negative_int,
+    parse_or_exit_code,
+    positive_int,
+)
 from speakerzoo.atomic import same_file_among
 from speakerzoo.audio import AudioError, condition, read_audio, silence_reason
 from speakerzoo.datamodules.corpus import (
@@ -268,8 +273,10 @@ def _decoded(paths: list[str], speech: list[bool], workers: int, **kwargs) -> It
 def _check_settings(sample_rate, ratios, features, workers, max_trial_anchors, min_seconds) -> list[FeatureConfig]:
     if int(sample_rate) <= 0:
         raise PrepareError(f"sample rate must be positive, not {sample_rate}")
-    if not (isinstance(min_seconds, (int, float)) and math.isfinite(min_seconds) and min_seconds >= 0):
-        raise PrepareError(f"min seconds must be a number of seconds >= 0, not {min_seconds!r}")
+    try:
+        check_number("min seconds", min_seconds, low=0, hint="the shortest clip kept, e.g. 0.1")
+    except ValueError as err:
+        raise PrepareError(str(err)) from None
     try:
         check_ratios(ratios)
     except ValueError as err:

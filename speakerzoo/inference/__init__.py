@@ -1,23 +1,6 @@
 """Using a trained model, with no argparse in it (see DESIGN.md): the embedding engine so far."""
 
-from speakerzoo.inference.engine import (
-    BATCH_SECONDS,
-    LONG_RECORDING_SECONDS,
-    EmbeddingError,
-    batch_invariant_kernels,
-    embed_waveforms,
-    length_batches,
-    min_samples,
-    near_equal_segments,
-)
+from speakerzoo.inference import engine
+from speakerzoo.inference.engine import *  # noqa: F403 - the engine's public names, listed once there
 
-__all__ = [
-    "BATCH_SECONDS",
-    "LONG_RECORDING_SECONDS",
-    "EmbeddingError",
-    "batch_invariant_kernels",
-    "embed_waveforms",
-    "length_batches",
-    "min_samples",
-    "near_equal_segments",
-]
+__all__ = list(engine.__all__)

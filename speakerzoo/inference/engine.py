@@ -154,10 +154,12 @@ def embed_waveforms(
     longest = None if long_seconds is None else max(1, int(round(long_seconds * rate)))
     tensors: list[Tensor] = []  # what is embedded: whole waveforms and the segments of long ones
     owner: list[int] = []
+    spans: list[range] = []  # the rows of tensors that make up each waveform
     for i, t in enumerate(whole):
-        for a, b in ([(0, t.numel())] if longest is None else near_equal_segments(t.numel(), longest)):
-            tensors.append(t[a:b])
-            owner.append(i)
+        bounds = [(0, t.numel())] if longest is None else near_equal_segments(t.numel(), longest)
+        spans.append(range(len(tensors), len(tensors) + len(bounds)))
+        tensors.extend(t[a:b] for a, b in bounds)
+        owner.extend([i] * len(bounds))
     max_samples = None if longest is None else max(longest, int(round(BATCH_SECONDS * rate)))
     batches = length_batches([t.numel() for t in tensors], batch_size, max_samples)
     remaining = Counter(owner)
@@ -201,17 +203,12 @@ def embed_waveforms(
     if not tensors:
         return torch.zeros(0, int(getattr(model, "embedding_dim", 0)))
     out = []
-    j = 0
-    for i in range(len(whole)):
-        parts = []
-        while j < len(tensors) and owner[j] == i:
-            parts.append(j)
-            j += 1
-        if len(parts) == 1:
-            out.append(rows[parts[0]])
+    for span in spans:
+        if len(span) == 1:
+            out.append(rows[span[0]])
         else:  # a long recording: the mean of its segments' embeddings, weighted by their lengths
-            weights = torch.tensor([float(tensors[k].numel()) for k in parts])
-            out.append((torch.stack([rows[k] for k in parts]) * (weights / weights.sum())[:, None]).sum(0))
+            weights = torch.tensor([float(tensors[k].numel()) for k in span])
+            out.append((torch.stack([rows[k] for k in span]) * (weights / weights.sum())[:, None]).sum(0))
     return torch.stack(out)
 
 

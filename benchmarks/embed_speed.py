@@ -9,7 +9,7 @@ whether each way gives exactly (bitwise) the embeddings of one-at-a-time embeddi
 * ``embed_waveforms`` with ``exact=False`` (``embed --fast``): equal-length batches, default kernels;
 * padded batches as the evaluation DataLoader builds them (for reference: not exact).
 
-Run (defaults: the Speech Commands ECAPA of the README and its test part)::
+Run (defaults: the Speech Commands ECAPA of docs/recipes/ecapa.md and its test part)::
 
     python benchmarks/embed_speed.py --checkpoint runs/.../best-027.ckpt --corpus data/speech_commands.h5
 """

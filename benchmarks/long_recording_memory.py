@@ -2,7 +2,7 @@
 
 Makes recordings of 5 s up to ``--minutes`` of real speech (FSDD's george, repeated, at 16 kHz)
 and embeds each, alone, in a fresh process; prints the peak resident memory of that process.
-Recordings longer than ``speakerzoo.commands.embed.LONG_RECORDING_SECONDS`` are embedded in
+Recordings longer than ``speakerzoo.inference.engine.LONG_RECORDING_SECONDS`` are embedded in
 segments, so the model's share stays flat and what grows is the decoded waveform (4 bytes a
 sample at the model's rate).
 

@@ -15,29 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
-from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent
-
-
-def speakerzoo_error(error: BaseException) -> BaseException | None:
-    """The first exception in ``error``'s chain (itself, then its causes) whose message speakerzoo
-    wrote for the user: one of its own error classes (``CorpusError``, ``InvalidCheckpointError``,
-    ...), or a ``ValueError``/``OSError`` that its own code raised."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if type(current).__module__.startswith("speakerzoo."):
-            return current
-        frames = traceback.extract_tb(current.__traceback__)
-        if isinstance(current, (ValueError, OSError)) and frames:
-            origin = Path(frames[-1].filename).resolve()
-            if PACKAGE in origin.parents and origin.name != "__main__.py":
-                return current
-        current = current.__cause__ or current.__context__
-    return None
+from speakerzoo.errors import EXIT_ERROR, user_error
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,13 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli_main(argv)
     except Exception as error:  # noqa: BLE001 - only speakerzoo's own errors are shortened
-        ours = speakerzoo_error(error)
+        ours = user_error(error)
         if ours is None or os.environ.get("SPEAKERZOO_TRACEBACK"):
             raise
         subcommand = args[0] if args and not args[0].startswith("-") else "speakerzoo"
         print(f"speakerzoo {subcommand}: error: {ours}\n(SPEAKERZOO_TRACEBACK=1 shows where it was raised)",
               file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_ERROR) from None
 
 
 if __name__ == "__main__":

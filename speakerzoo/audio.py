@@ -19,6 +19,13 @@ import torchaudio
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
+
+def strip_audio_ext(name: str) -> str:
+    """``name`` without its audio extension(s): ``"a/b.wav"`` -> ``"a/b"`` (``"x.flac.wav"`` -> ``"x"``)."""
+    while os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS:
+        name = os.path.splitext(name)[0]
+    return name
+
 #: A clip whose loudest 25 ms frame is quieter than this (mean square, dB relative to full scale)
 #: holds no speech: digital silence, or near it. Measured on the shared real speech: the quietest
 #: loudest frame is -48 dBFS (FSDD, 3,000 clips) and -37.5 dBFS (Speech Commands, 4,482 spoken

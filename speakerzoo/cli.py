@@ -162,8 +162,8 @@ def run_lightning(argv: list[str] | None = None) -> None:
 
 #: ``speakerzoo NAME ...`` subcommands outside LightningCLI: module with ``main(argv) -> int``.
 COMMANDS = {
-    "prepare": "speakerzoo.datamodules.prepare",
-    "chunk": "speakerzoo.datamodules.chunks",
+    "prepare": "speakerzoo.commands.prepare",
+    "chunk": "speakerzoo.commands.chunk",
     "synthesize": "speakerzoo.commands.synthesize",
     "layers": "speakerzoo.commands.layers",
     "embed": "speakerzoo.commands.embed",

@@ -31,7 +31,9 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+import math
+from collections.abc import Iterable
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -690,6 +692,132 @@ def enrolment_metrics(scores: Tensor) -> tuple[float, float]:
     labels[:, 0] = 1
     hits = identification_hits_from_scores(scores)
     return eer(scores.flatten(), labels.flatten()), float(hits.double().mean())
+
+
+# --------------------------------------------------------------------------- normalised scoring and metric reports
+
+
+class Scorer:
+    """Cosine scores of embedding rows, optionally mean-normalised and AS-normalised.
+
+    Arguments:
+        emb: ``[N, D]`` embeddings.
+        cohort: ``[C, D]`` cohort embeddings (needed by ``mean_norm`` and ``asnorm_top_k``).
+        mean_norm: subtract the cohort mean (of the raw cohort embeddings) from ``emb`` and the
+            cohort, then length-normalise (:func:`~speakerzoo.scoring.mean_normalize`).
+        asnorm_top_k: apply AS-norm with this many top cohort scores per side; ``None``: no AS-norm.
+
+    Without normalisation the scores are exactly those of :func:`score_trials`.
+    """
+
+    def __init__(self, emb: Tensor, cohort: Tensor | None = None, mean_norm: bool = False,
+                 asnorm_top_k: int | None = None):
+        if (mean_norm or asnorm_top_k is not None) and cohort is None:
+            raise ValueError("mean normalisation and AS-norm need cohort embeddings (--cohort COHORT.h5)")
+        emb = emb.float()
+        if mean_norm:
+            mean = cohort.double().mean(dim=0).float()
+            self.emb = mean_normalize(emb, mean)
+            cohort = mean_normalize(cohort.float(), mean)
+        else:
+            self.emb = F.normalize(emb, dim=-1)
+        self.cohort = None if cohort is None else cohort.float()
+        self.top_k = asnorm_top_k
+        self._stats: tuple[Tensor, Tensor] | None = None
+
+    def _cohort_stats(self) -> tuple[Tensor, Tensor]:
+        if self._stats is None:
+            self._stats = cohort_stats(self.emb, self.cohort, self.top_k)
+        return self._stats
+
+    def pairs(self, enrol: Tensor, test: Tensor) -> Tensor:
+        """``[M]`` scores of rows ``enrol[i]`` against ``test[i]``."""
+        scores = (self.emb[enrol] * self.emb[test]).sum(-1)
+        if self.top_k is None:
+            return scores
+        mu, sd = self._cohort_stats()
+        return as_norm(scores, (mu[enrol], sd[enrol]), (mu[test], sd[test]))
+
+    def ident_scores(self, rows: Tensor, chunk: int = 1024) -> Tensor:
+        """``[A, C - 1]`` scores of ``[A, C]`` rows ``(anchor, positive, negatives...)``: the anchor
+        against each candidate, the positive in column 0."""
+        scores = []
+        for r in rows.split(chunk):
+            s = cosine_scores(self.emb[r[:, 0]].unsqueeze(1), self.emb[r[:, 1:]])  # [a, C - 1]
+            if self.top_k is not None:
+                mu, sd = self._cohort_stats()
+                s = as_norm(s, (mu[r[:, :1]], sd[r[:, :1]]), (mu[r[:, 1:]], sd[r[:, 1:]]))
+            scores.append(s)
+        return torch.cat(scores) if scores else self.emb.new_zeros(0, max(rows.shape[1] - 1, 0))
+
+    def ident_hits(self, rows: Tensor, chunk: int = 1024) -> Tensor:
+        """``[A]`` bool for ``[A, C]`` rows ``(anchor, positive, negatives...)``: the positive scores highest."""
+        hits = [identification_hits_from_scores(self.ident_scores(r, chunk)) for r in rows.split(chunk)]
+        return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def evaluate_trials(scores: Tensor, labels: Tensor, ident_hits: Tensor | None = None, p_target: float = 0.01,
+             c_miss: float = 1.0, c_fa: float = 1.0, far: float = 0.01) -> dict[str, Any]:
+    """EER, minDCF, identification accuracy and the operating point at ``far``, as plain numbers."""
+    result: dict[str, Any] = {
+        "pairs": int(labels.numel()),
+        "targets": int((labels == 1).sum()),
+        "nontargets": int((labels == 0).sum()),
+        "eer": eer(scores, labels),
+        "eer_threshold": _finite(eer_threshold(scores, labels)),
+        "min_dcf": min_dcf(scores, labels, p_target, c_miss, c_fa),
+        "min_dcf_threshold": _finite(min_dcf_threshold(scores, labels, p_target, c_miss, c_fa)),
+        "dcf_parameters": {"p_target": p_target, "c_miss": c_miss, "c_fa": c_fa},
+    }
+    point: OperatingPoint = threshold_at_far(scores, labels, far)
+    result["at_far"] = {"far_asked": far, "threshold": _finite(point.threshold), "far": point.p_fa,
+                        "miss": point.p_miss}
+    if ident_hits is not None and ident_hits.numel():
+        result["ident_rows"] = int(ident_hits.numel())
+        result["ident_acc"] = float(ident_hits.double().mean())
+    return result
+
+
+def evaluate_enrolment(tables: list[Tensor], speakers: Tensor, counts: Iterable[int], negatives: int = 99,
+                       seed: int = 0) -> dict[str, Any]:
+    """EER and identification accuracy with speakers enrolled from ``n`` utterances, for each ``n`` in ``counts``.
+
+    Arguments:
+        tables: one ``[N, D_k]`` embedding table per model, row ``i`` = utterance ``i`` of ``speakers``;
+            several are combined by score fusion (fuse embeddings first for embedding fusion).
+        speakers: ``[N]`` int64 speaker numbers (-1: no speaker).
+        counts, negatives, seed: as :func:`speakerzoo.scoring.enrolment_trials`.
+
+    Returns:
+        ``{"anchors", "anchor_speakers", "enrolment": [{"utterances", "anchors", "eer", "ident_acc"}, ...]}``
+        (fractions; ``n`` ascending).
+    """
+    anchors, sets = enrolment_trials(speakers, list(counts), negatives=negatives, seed=seed)
+    rows = []
+    for n in sorted(sets):
+        per_model = [enrolment_scores(t, anchors, sets[n]) for t in tables]
+        scores = per_model[0] if len(per_model) == 1 else fuse_scores(per_model)
+        e, acc = enrolment_metrics(scores)
+        rows.append({"utterances": n, "anchors": int(anchors.numel()), "eer": e, "ident_acc": acc})
+    return {"anchors": int(anchors.numel()), "anchor_speakers": int(torch.unique(speakers[anchors]).numel()),
+            "enrolment": rows}
+
+
+def speaker_means(embeddings: Tensor, speakers: Sequence[str]) -> tuple[Tensor, list[str]]:
+    """One mean embedding per named speaker (rows with ``""`` left out), speakers sorted by name:
+    the cohort of ``--cohort-speakers`` (as wespeaker scores with speaker-level cohorts)."""
+    names = sorted({s for s in speakers if s})
+    index = {s: i for i, s in enumerate(names)}
+    rows = [i for i, s in enumerate(speakers) if s]
+    groups = torch.tensor([index[speakers[i]] for i in rows], dtype=torch.int64)
+    sums = torch.zeros(len(names), embeddings.shape[1], dtype=torch.float64)
+    sums.index_add_(0, groups, embeddings[rows].double())
+    means = sums / torch.bincount(groups, minlength=len(names)).unsqueeze(1)
+    return means.float(), names
 
 
 # --------------------------------------------------------------------------- torchmetrics

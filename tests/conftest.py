@@ -14,7 +14,10 @@ Fixtures for other test files:
   forward passes up to 200 times slower); use it with
   ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``;
 * ``fsdd_prepared`` / ``speech_commands_prepared``: the same, with the records, the
-  :class:`~speakerzoo.datamodules.prepare.PrepareSummary` and the wall time.
+  :class:`~speakerzoo.datamodules.prepare.PrepareSummary` and the wall time;
+* ``fsdd_tiny_ecapa``: Path of a Lightning checkpoint of a tiny ECAPA (dropout 0.3) trained for
+  60 AAM steps on FSDD recordings 0-3 of each digit and speaker (240 clips, 6 speakers), so that
+  recordings 4-49 are unseen.
 
 The corpus files are shared by the whole session: open them read-only, never modify them.
 """
@@ -103,3 +106,36 @@ def one_torch_thread():
     yield
     torch.set_num_threads(threads)
 
+
+
+@pytest.fixture(scope="session")
+def fsdd_tiny_ecapa(fsdd_root: Path, tmp_path_factory) -> Path:
+    import warnings
+
+    import lightning
+
+    from speakerzoo.datamodules import SpeakerDataModule
+    from speakerzoo.zoo import ECAPA
+
+    folder = tmp_path_factory.mktemp("fsdd_tiny_ecapa")
+    records = [r for r in sources.fsdd(fsdd_root) if int(r.utt_id.rsplit("_", 1)[1]) < 4]
+    prepare(records, folder / "fsdd_small.h5", sample_rate=16000, seed=0, workers=1, progress=False)
+    dm = SpeakerDataModule(str(folder / "fsdd_small.h5"), split="utterance", speakers_per_batch=6,
+                           utterances_per_speaker=4, crop_seconds=0.5, num_workers=0)
+    dm.setup("fit")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = ECAPA(num_speakers=dm.num_speakers, speaker_names=dm.speaker_names, dropout=0.3, lr=3e-3,
+                      channels=[32, 32, 32, 32, 96], embedding_dim=32, attention_channels=16, se_channels=16)
+        trainer = lightning.Trainer(use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+                                    accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+                                    num_sanity_val_steps=0, limit_val_batches=0, max_steps=60)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model, datamodule=dm)
+        trainer.save_checkpoint(folder / "tiny.ckpt")
+    finally:
+        torch.set_num_threads(threads)
+    return folder / "tiny.ckpt"

@@ -25,9 +25,10 @@ import pytest
 import soundfile as sf
 
 from speakerzoo.audio import AudioError, load_audio
+from speakerzoo.commands.prepare import main
 from speakerzoo.datamodules import sources
 from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter
-from speakerzoo.datamodules.prepare import PrepareError, main, prepare
+from speakerzoo.datamodules.prepare import PrepareError, prepare
 from speakerzoo.datamodules.toy import prepare_toy
 
 RATE = 16000
@@ -282,11 +283,11 @@ def test_help(capsys, monkeypatch):
     assert main(["speech-commands", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--sample-rate" in text and "--strict" in text and "_silence_" in text
-    # `python -m speakerzoo.datamodules.prepare` (run in this process: a new interpreter costs seconds)
+    # `python -m speakerzoo.commands.prepare` (run in this process: a new interpreter costs seconds)
     monkeypatch.setattr(sys, "argv", ["prepare", "fsdd", "--help"])
-    monkeypatch.delitem(sys.modules, "speakerzoo.datamodules.prepare")  # as a fresh `-m` run; restored after
+    monkeypatch.delitem(sys.modules, "speakerzoo.commands.prepare")  # as a fresh `-m` run; restored after
     with pytest.raises(SystemExit) as stop:
-        runpy.run_module("speakerzoo.datamodules.prepare", run_name="__main__")
+        runpy.run_module("speakerzoo.commands.prepare", run_name="__main__")
     assert stop.value.code == 0 and "{digit}_{speaker}_{index}.wav" in capsys.readouterr().out
 
 

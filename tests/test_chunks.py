@@ -16,8 +16,9 @@ import h5py
 import numpy as np
 import pytest
 
+from speakerzoo.commands.chunk import main
 from speakerzoo.datamodules import SpeakerDataModule, chunks
-from speakerzoo.datamodules.chunks import Chunk, chunk_corpus, main, plan_chunks
+from speakerzoo.datamodules.chunks import Chunk, chunk_corpus, plan_chunks
 from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter
 from speakerzoo.datamodules.splits import MODES, PARTS
 

@@ -19,14 +19,11 @@ import torch
 from speakerzoo.audio import load_audio
 from speakerzoo.commands import embed as embed_cmd
 from speakerzoo.commands import score as score_cmd
-from speakerzoo.commands.embed import (
-    EmbeddingFile,
-    EmbeddingWriter,
-    batch_invariant_kernels,
-    embed_waveforms,
-    length_batches,
-)
-from speakerzoo.commands.score import Scorer, parse_trials
+from speakerzoo.embeddings import EmbeddingError, EmbeddingFile, EmbeddingWriter
+from speakerzoo.inference.engine import batch_invariant_kernels, embed_waveforms, length_batches
+from speakerzoo.inference import file_embedding
+from speakerzoo.inference.trials import ScoreError, parse_trials
+from speakerzoo.scoring import Scorer
 from speakerzoo.datamodules import Corpus, SpeakerDataModule
 from speakerzoo.datamodules.toy import prepare_toy
 from speakerzoo.scoring import (
@@ -153,7 +150,7 @@ def test_mean_normalisation():
     assert scorer.pairs(enrol, test).tolist() == pytest.approx(expected.tolist(), abs=1e-5)
     raw = torch.nn.functional.cosine_similarity(emb[enrol], emb[test])
     assert raw.min() > 0.5 and (expected - raw).abs().max() > 0.2  # the offset is gone
-    with pytest.raises(score_cmd.ScoreError, match="cohort"):
+    with pytest.raises(ValueError, match="cohort"):
         Scorer(emb, None, mean_norm=True)
 
 
@@ -203,9 +200,9 @@ def test_parse_trials_detects_the_layout():
     assert parse_trials(["a b", "c d"])[2:] == (None, "enrol test")
     # Ids that look like labels: the embeddings decide.
     assert parse_trials(["1 0 1"], known=lambda u: u in {"0", "1"})[3] == "enrol test label"
-    with pytest.raises(score_cmd.ScoreError, match=":2: expected 2 or 3 columns"):
+    with pytest.raises(ScoreError, match=":2: expected 2 or 3 columns"):
         parse_trials(["a b 1", "a b c d"])
-    with pytest.raises(score_cmd.ScoreError, match="no label"):
+    with pytest.raises(ScoreError, match="no label"):
         parse_trials(["a b c"])
 
 
@@ -330,7 +327,7 @@ def test_a_failed_run_leaves_the_old_file_alone(checkpoint, corpus, tmp_path, mo
     assert embed_cmd.main([str(corpus), "-c", str(checkpoint), "-o", str(out), "-q"]) == 0
     before = out.read_bytes()
     calls = []
-    real = embed_cmd.embed_waveforms
+    real = file_embedding.embed_waveforms
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -338,8 +335,8 @@ def test_a_failed_run_leaves_the_old_file_alone(checkpoint, corpus, tmp_path, mo
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(embed_cmd, "embed_waveforms", interrupted)
-    monkeypatch.setattr(embed_cmd, "WINDOW_SAMPLES", 16000 * 20)  # several windows
+    monkeypatch.setattr(file_embedding, "embed_waveforms", interrupted)
+    monkeypatch.setattr(file_embedding, "WINDOW_SAMPLES", 16000 * 20)  # several windows
     assert embed_cmd.main([str(corpus), "-c", str(checkpoint), "-o", str(out), "-q"]) == 130
     assert len(calls) == 2 and out.read_bytes() == before and no_temporary_files(tmp_path)
     bad = tmp_path / "bad"
@@ -350,7 +347,7 @@ def test_a_failed_run_leaves_the_old_file_alone(checkpoint, corpus, tmp_path, mo
     assert out.read_bytes() == before and no_temporary_files(tmp_path)
     with EmbeddingWriter(tmp_path / "x.h5") as w:
         w.add(torch.zeros(1, 3), ["a"], [""], [""])
-        with pytest.raises(embed_cmd.EmbeddingError, match="twice"):
+        with pytest.raises(EmbeddingError, match="twice"):
             w.add(torch.zeros(1, 3), ["a"], [""], [""])
     assert not (tmp_path / "x.h5").exists() and no_temporary_files(tmp_path)
 

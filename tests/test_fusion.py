@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from speakerzoo.commands import score as score_cmd
-from speakerzoo.commands.embed import EmbeddingFile, EmbeddingWriter
+from speakerzoo.embeddings import EmbeddingFile, EmbeddingWriter
 from speakerzoo.datamodules import Corpus, sources
 from speakerzoo.datamodules.prepare import prepare
 from speakerzoo.scoring import (

@@ -17,9 +17,10 @@ import torch
 
 from speakerzoo import __version__
 from speakerzoo.audio import load_audio
+from speakerzoo.commands.prepare import main
 from speakerzoo.datamodules import sources
 from speakerzoo.datamodules.corpus import Corpus
-from speakerzoo.datamodules.prepare import main, prepare
+from speakerzoo.datamodules.prepare import prepare
 from speakerzoo.datamodules.splits import MODES, PARTS
 from speakerzoo.features import Frontend, frame_count
 

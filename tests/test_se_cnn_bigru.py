@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from cli_run import QUIET, REPO, cli
 from speech_clips import trimmed_clips
 from speakerzoo.zoo import SECNNBiGRU
-from speakerzoo.zoo.se_cnn_bigru import AttentiveStatsPooling, SEBlock
+from speakerzoo.zoo.se_cnn_bigru import SEBlock
 
 CONFIG = str(REPO / "configs" / "se_cnn_bigru.yaml")
 SMALL = dict(channels=[8, 16, 32], hidden=32, projection_dim=32, embedding_dim=16)
@@ -57,21 +57,6 @@ def test_padding_does_not_change_an_embedding(speech_commands_root):
         for k, n in enumerate(lengths):
             noisy[k, n:] = torch.randn(noisy.shape[1] - n)
         assert torch.allclose(model.embed(noisy, lengths), together, atol=1e-5)
-
-
-def test_attentive_pooling_ignores_padded_frames_and_matches_the_formula():
-    torch.manual_seed(0)
-    pool = AttentiveStatsPooling(4)
-    h = torch.randn(1, 6, 4)
-    stats = pool(h, torch.tensor([4]))
-    alpha = torch.tanh(pool.attention(h[0, :4]))
-    w = torch.softmax(alpha, dim=0)
-    mu = (w * h[0, :4]).sum(0)
-    sigma = torch.sqrt((w * (h[0, :4] - mu) ** 2).sum(0))
-    assert torch.allclose(stats[0], torch.cat([mu, sigma]), atol=1e-6)
-    h2 = h.clone()
-    h2[0, 4:] = 1e3
-    assert torch.equal(pool(h2, torch.tensor([4])), stats)
 
 
 def test_squeeze_excitation_averages_valid_frames_only():
@@ -151,7 +136,7 @@ def test_shipped_config_trains_through_the_cli(speech_commands_corpus, tmp_path)
 
 
 def test_mc_dropout_samples_the_two_seed_dropouts_only(speech_commands_root):
-    from speakerzoo.zoo.uncertainty import dropout_layers, mc_dropout, mc_embed
+    from speakerzoo.inference.mc_dropout import dropout_layers, mc_dropout, mc_embed
 
     torch.manual_seed(0)
     model = SECNNBiGRU(num_speakers=3, **SMALL).eval()

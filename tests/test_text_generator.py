@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from speakerzoo.datamodules.corpus import Corpus
 from speakerzoo.frame_text import frames_to_text, parse_block
-from speakerzoo.zoo.text_generator import CharLSTM, CharVocab, TextGenerator, text_windows
+from speakerzoo.zoo.text_generator import CharLSTM, TextGenerator, text_windows
+from speakerzoo.zoo.vocabulary import CharVocabulary
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
@@ -76,7 +77,7 @@ def _round_trip(gen: TextGenerator, text: str, real_frames: np.ndarray, seq_len:
     blocks = gen.sample(3, block_chars=1000, seed=0)
     assert gen.training  # the training flag is restored after sampling
     assert len(blocks) == 3 and all(len(b) == 1000 for b in blocks)
-    assert set("".join(blocks)) <= set(gen.vocab.alphabet)
+    assert set("".join(blocks)) <= set(gen.vocab.characters)
     assert len(set(blocks)) == 3  # independent blocks
     assert gen.sample(3, block_chars=1000, seed=0) == blocks
     assert gen.sample(3, block_chars=1000, seed=1) != blocks
@@ -200,7 +201,7 @@ def test_errors(tmp_path):
         TextGenerator("gpt2", pretrained=str(missing))
     assert str(missing) in str(err.value)
     with pytest.raises(ValueError, match="'x'"):
-        CharVocab.from_text("0123456789.,-\n").encode("1.5,x,1")
+        CharVocabulary.from_text("0123456789.,-\n").encode("1.5,x,1")
     with pytest.raises(ValueError, match="too short"):
         text_windows(torch.arange(10), seq_len=10)
     assert len(text_windows(torch.arange(11), seq_len=10)) == 1

@@ -1,4 +1,4 @@
-"""Monte-Carlo dropout, the speaker bank and segment aggregation (speakerzoo.zoo.uncertainty), on real
+"""Monte-Carlo dropout, the speaker bank and segment aggregation (speakerzoo.inference), on real
 FSDD speech with a tiny ECAPA whose TDNN blocks have dropout (speechbrain's nn.Dropout1d)."""
 
 from __future__ import annotations
@@ -13,21 +13,9 @@ from torch import nn
 
 from speakerzoo.audio import load_audio
 from speakerzoo.zoo import ECAPA, AAMSoftmax, SpeakerEmbeddingModule
-from speakerzoo.zoo.uncertainty import (
-    NoDropoutError,
-    SpeakerBank,
-    aggregate,
-    dropout_layers,
-    embed_recording,
-    head_probabilities,
-    mc_dropout,
-    mc_embed,
-    mc_samples,
-    rank,
-    segment_bounds,
-    segments,
-    verify,
-)
+from speakerzoo.inference.bank import SpeakerBank, head_probabilities, rank, verify
+from speakerzoo.inference.mc_dropout import NoDropoutError, dropout_layers, mc_dropout, mc_embed, mc_samples
+from speakerzoo.inference.segments import aggregate, embed_recording, segment_bounds, segments
 
 FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
 TINY = dict(channels=[32, 32, 32, 32, 96], embedding_dim=32, attention_channels=16, se_channels=16)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import lightning
@@ -18,14 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from speakerzoo.commands import embed as embed_cmd
-from speakerzoo.commands import enrol as enrol_cmd
+from speakerzoo.inference import recognizer as recognizer_module
 from speakerzoo.commands import identify as identify_cmd
 from speakerzoo.commands import verify as verify_cmd
-from speakerzoo.commands.embed import EmbeddingFile, EmbeddingWriter
-from speakerzoo.datamodules import SpeakerDataModule, sources
-from speakerzoo.datamodules.prepare import prepare
+from speakerzoo.embeddings import EmbeddingFile, EmbeddingWriter
 from speakerzoo.zoo import ECAPA
-from speakerzoo.zoo.uncertainty import segment_bounds
+from speakerzoo.inference.segments import segment_bounds
 
 FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd"
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
@@ -46,24 +43,8 @@ def _trainer(**kw) -> lightning.Trainer:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, one_torch_thread) -> Path:
-    """Tiny ECAPA with dropout 0.3, 60 AAM steps on 240 FSDD clips (6 speakers), saved by Lightning."""
-    if not (FSDD / "recordings").is_dir():
-        pytest.skip(f"FSDD not found at {FSDD} (the shared real corpora live in ../shared/data beside the repo)")
-    folder = tmp_path_factory.mktemp("verify_ckpt")
-    records = [r for r in sources.fsdd(FSDD) if int(r.utt_id.rsplit("_", 1)[1]) < 4]
-    prepare(records, folder / "fsdd_small.h5", sample_rate=16000, seed=0, workers=1, progress=False)
-    dm = SpeakerDataModule(str(folder / "fsdd_small.h5"), split="utterance", speakers_per_batch=6,
-                           utterances_per_speaker=4, crop_seconds=0.5, num_workers=0)
-    dm.setup("fit")
-    torch.manual_seed(0)
-    model = ECAPA(num_speakers=dm.num_speakers, speaker_names=dm.speaker_names, dropout=0.3, lr=3e-3, **TINY)
-    trainer = _trainer(max_steps=60)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(folder / "tiny.ckpt")
-    return folder / "tiny.ckpt"
+def checkpoint(fsdd_tiny_ecapa) -> Path:
+    return fsdd_tiny_ecapa
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +130,14 @@ def test_claimed_speaker_threshold_from_the_checkpoint_and_without_one(checkpoin
     assert "no decision" in out and "--threshold" in out and "ACCEPT" not in out and "REJECT" not in out
     assert "speaker    nicolas (2 enrolment utterance(s))" in out
 
-    load = enrol_cmd.load_model
+    load = recognizer_module.load_model
 
     def with_threshold(*args, **kw):
-        model, path = load(*args, **kw)
+        model = load(*args, **kw)
         model.eer_threshold = -1.0  # what the lead's base class restores from a validated checkpoint
-        return model, path
+        return model
 
-    monkeypatch.setattr(verify_cmd, "load_model", with_threshold)
+    monkeypatch.setattr(recognizer_module, "load_model", with_threshold)
     code, out, err = run(verify_cmd, ["-c", checkpoint, *enrol, "--speaker", "theo", rec(9, "nicolas", 47)], capsys)
     assert code == 0, err
     assert "validation EER threshold stored in the checkpoint" in out and out.strip().endswith("ACCEPT")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
-from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining, Wav2Vec2Model
+from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 from speakerzoo.datamodules import Corpus
-from speakerzoo.zoo.ctc import CharVocabulary, greedy_ctc
+from speakerzoo.zoo.ctc import greedy_ctc
+from speakerzoo.zoo.vocabulary import CharVocabulary
 from speakerzoo.zoo.schedules import tri_stage
 from speakerzoo.zoo.wav2vec2_mtl import Wav2Vec2MultiTask
 from cli_run import REPO
@@ -71,12 +71,12 @@ def test_greedy_decoding_collapses_repeats_and_removes_blanks():
 
 def test_vocabulary_encodes_normalised_transcripts_and_names_unknown_characters():
     vocab = CharVocabulary()
-    targets, lengths = vocab.encode(["HELLO  World", "it's"])
+    targets, lengths = vocab.encode_transcripts(["HELLO  World", "it's"])
     assert lengths.tolist() == [11, 4]
     assert vocab.decode(targets[:11]) == "hello world" and vocab.decode(targets[11:]) == "it's"
     assert 0 not in targets.tolist()  # 0 is the blank
     with pytest.raises(ValueError, match="'7'.*vocabulary"):
-        vocab.encode(["route 7"])
+        vocab.encode_transcripts(["route 7"])
     assert vocab.missing({"a", "É", "7"}) == ["7", "é"]
 
 

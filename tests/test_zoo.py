@@ -309,6 +309,23 @@ def test_checkpoint_round_trip(fitted):
         torch.testing.assert_close(loaded.embed(wav, lengths), model.embed(wav, lengths), atol=1e-6, rtol=0)
 
 
+def test_shared_arguments_passed_on_are_hyper_parameters():
+    """Models take the base class's arguments through **kwargs; all of them are still recorded,
+    a fixed one (no warm-up) is neither accepted nor recorded, and a model that names its
+    arguments records only those."""
+    from speakerzoo.zoo import DeepSpeaker
+
+    ecapa = ECAPA(num_speakers=2, lr=0.01, **TINY)
+    assert {k: ecapa.hparams[k] for k in ("num_speakers", "lr", "weight_decay", "warmup_epochs", "init_from")} == {
+        "num_speakers": 2, "lr": 0.01, "weight_decay": 1e-4, "warmup_epochs": 0.0, "init_from": None}
+    assert ecapa.hparams.frontend == "fbank80" and ecapa.hparams.embedding_dim == 16
+    deep = DeepSpeaker(width=0.125, blocks=1, weight_decay=0.0)
+    assert "warmup_epochs" not in deep.hparams and deep.hparams.lr == 0.05 and deep.hparams.weight_decay == 0.0
+    with pytest.raises(TypeError, match="warmup_epochs"):
+        DeepSpeaker(width=0.125, blocks=1, warmup_epochs=1.0)
+    assert set(TinyMean(num_speakers=2).hparams) == {"num_speakers", "sample_rate", "frontend", "speaker_names", "dim"}
+
+
 def test_drop_head_with_new_speaker_count(fitted):
     model, _, _, path = fitted
     with pytest.warns(UserWarning, match=r"head\.classifier\.weight \[4, 16\] \(model now has \[7, 16\]\)"):

@@ -11,6 +11,10 @@
 the files (URL entries only when downloaded, or with ``--download``); ``list`` prints a table.
 The registry is ``--registry FILE``, else ``$SPEAKERZOO_REGISTRY``, else the source checkout's
 ``checkpoints/registry.yaml`` (see :mod:`speakerzoo.zoo.registry`).
+
+Errors are reported as every command's (:func:`speakerzoo.commands.common.run_command`), as
+``speakerzoo checkpoints ACTION: error: ...``, but a registry that cannot be read or changed and a
+checkpoint that fails ``verify`` exit with :data:`EXIT_FAILED` (1), as they always have.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from speakerzoo.commands.common import error, run_command
 from speakerzoo.zoo import registry as reg
+
+__all__ = ["EXIT_FAILED", "build_parser", "main", "run"]
+
+#: Exit status of a registry error (unreadable file, unknown or duplicate name) or a failed ``verify``.
+EXIT_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,24 +71,21 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _list(registry: reg.Registry) -> int:
+def _list(registry: reg.Registry) -> str:
     if registry.file is None:
-        print(registry.describe())
-        return 0
+        return registry.describe()
     if not registry.entries:
-        print(f"{registry.file}: no checkpoints registered")
-        return 0
+        return f"{registry.file}: no checkpoints registered"
     rows = []
     for name in registry.names():
         e = registry.entries[name]
         rows.append([name, e.class_path.rpartition(".")[2], f"{100 * e.eer:.2f}%", e.corpus, e.source,
                      e.sha256[:12]])
-    print(f"{registry.file}:")
-    print(_table(rows, ["NAME", "CLASS", "EER", "CORPUS", "SOURCE", "SHA256"]))
-    return 0
+    return f"{registry.file}:\n" + _table(rows, ["NAME", "CLASS", "EER", "CORPUS", "SOURCE", "SHA256"])
 
 
 def _verify(registry: reg.Registry, name: str | None, download: bool) -> int:
+    """Re-hash the entries, printing one line per entry as it is checked (hashing takes a while)."""
     names = [registry.get(name).name] if name is not None else registry.names()
     if not names:
         print(f"{registry.file or 'no registry'}: no checkpoints registered")
@@ -92,30 +99,36 @@ def _verify(registry: reg.Registry, name: str | None, download: bool) -> int:
                 continue
             path = reg.resolve(n, registry)
             print(f"ok       {n}: {path}")
-        except (OSError, reg.RegistryError) as error:
+        except (OSError, reg.RegistryError) as err:
             failed += 1
-            print(f"FAILED   {n}: {error}")
+            print(f"FAILED   {n}: {err}")
     if failed:
         print(f"{failed} of {len(names)} checkpoint(s) failed verification", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def run(args: argparse.Namespace) -> str | int:
+    """The action of ``args``: the text to print (``add``, ``list``), or the exit code of ``verify``
+    (its lines already printed) or of a registry error."""
     try:
         if args.action == "add":
             entry = reg.add_entry(args.name, args.checkpoint, corpus=args.corpus, eer=args.eer,
                                   registry=args.registry, url=args.url, notes=args.notes, overwrite=args.force)
             where = args.registry or reg.default_registry_path()
-            print(f"added {entry.name}: {entry.class_path}, sha256 {entry.sha256}, {entry.source} -> {where}")
-            return 0
+            return f"added {entry.name}: {entry.class_path}, sha256 {entry.sha256}, {entry.source} -> {where}"
         registry = reg.load_registry(args.registry)
         if args.action == "list":
             return _list(registry)
         return _verify(registry, args.name, args.download)
-    except (OSError, reg.RegistryError) as error:
-        print(f"speakerzoo checkpoints {args.action}: {error}", file=sys.stderr)
-        return 1
+    except (OSError, reg.RegistryError) as err:
+        error(f"checkpoints {args.action}", err)
+        return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``speakerzoo checkpoints ...``; returns the exit code (0 done, 1 registry error or failed
+    verification, 2 usage error, 130 interrupted)."""
+    return run_command("checkpoints", None if argv is None else list(argv), build_parser, run, str)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """``speakerzoo identify``: who is speaking? The top-k enrolled speakers of each test file.
 
 Speakers are enrolled with ``--enrol``, ``--enrol-dir`` or ``--enrol-embeddings``
-(:mod:`speakerzoo.commands.enrol`); each test file is scored against every one by cosine
+(:mod:`speakerzoo.commands.options`); each test file is scored against every one by cosine
 similarity and the ``--top-k`` best are listed, highest first. With a threshold
 (``--threshold``, else the checkpoint's validation EER threshold ``model.eer_threshold``) each
 candidate is also marked accepted or not, so that a file whose best candidate is rejected is
@@ -22,24 +22,19 @@ import sys
 import textwrap
 from typing import Any
 
-from speakerzoo.argtypes import positive_int
-from speakerzoo.commands.enrol import (
-    run_command,
-    Embedder,
-    EnrolError,
+from speakerzoo.commands.argtypes import positive_int
+from speakerzoo.commands.common import run_command
+from speakerzoo.commands.options import (
     add_enrol_arguments,
     add_inference_arguments,
     add_model_arguments,
-    check_mc,
-    enrol,
+    enrol_from_args,
     format_score,
     has_enrolment,
-    load_model,
-    resolve_threshold,
-    seeded,
+    recognizer_from_args,
     segments_note,
 )
-from speakerzoo.zoo.uncertainty import head_probabilities, rank
+from speakerzoo.inference.enrolment import EnrolError, check_mc
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -79,23 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
-def _training_speakers(model: Any) -> list[str]:
-    names = getattr(model, "speaker_names", None)
-    count = int(getattr(model, "num_speakers", 0) or 0)
-    return [str(n) for n in names] if names else [f"class {i}" for i in range(count)]
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Identify as ``args`` say; the result as the JSON object ``--json`` prints."""
+    """Identify as ``args`` say; the result as the JSON object ``--json`` prints
+    (:meth:`~speakerzoo.inference.SpeakerRecognizer.identification_report`)."""
     enrolled = has_enrolment(args)
     if enrolled and args.closed_set:
         raise EnrolError("--closed-set ranks the checkpoint's training speakers; drop it to identify among the "
                          "enrolled speakers, or drop the --enrol options")
-    model, checkpoint = load_model(args.checkpoint, args.device)
-    has_head = getattr(model, "head", None) is not None
+    rec = recognizer_from_args(args)
     if not enrolled and not args.closed_set:
-        if has_head:
-            names = _training_speakers(model)
+        if getattr(rec.model, "head", None) is not None:
+            names = rec.training_speakers()
             shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
             offer = (f", or --closed-set to identify among the checkpoint's {len(names)} training speakers "
                      f"({shown}) with its classification head")
@@ -103,48 +92,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             offer = " (this checkpoint has no classification head, so --closed-set is not available)"
         raise EnrolError(f"no speakers to identify: enrol some with --enrol NAME=FILE[,FILE...], --enrol-dir DIR or "
                          f"--enrol-embeddings FILE.h5{offer}")
-    if args.closed_set:
-        if not has_head:
-            raise EnrolError(f"{checkpoint} has no classification head (num_speakers=0): --closed-set is not available; "
-                             "enrol speakers instead")
-        if args.threshold is not None:
-            raise EnrolError("--threshold applies to cosine scores of enrolled speakers, not to --closed-set probabilities")
-    check_mc(model, args.mc_passes)
-    embedder = Embedder(model, args.segment_seconds, args.segment_hop, progress=not args.quiet)
-    if args.closed_set:
-        names, threshold, source, counts = _training_speakers(model), None, "", None
-        bank = None
-    else:
-        enrolment = enrol(args, embedder, checkpoint)
-        assert enrolment is not None
-        bank, names, counts = enrolment.bank, enrolment.bank.names, enrolment.counts()
-        threshold, source = resolve_threshold(args.threshold, model)
-    top_k = min(int(args.top_k), len(names))
-    with seeded(args.seed, model.device):
-        recs = embedder.embed_files(args.files, passes=args.mc_passes, roles=["test file"] * len(args.files))
-    results = []
-    for path, rec in zip(args.files, recs):
-        if bank is not None:
-            mean, std = bank.score_stats(rec.per_pass)
-        else:
-            probs = head_probabilities(model, rec.samples.to(model.device)).double().mean(dim=1)  # [K, C]
-            mean, std = probs.mean(dim=0), probs.std(dim=0, correction=0)
-        ranked = rank(names, mean, std, threshold, top_k=top_k)
-        results.append({"test": str(path), "segments": rec.segments,
-                        "candidates": [{"rank": i + 1, **v.to_dict()} for i, v in enumerate(ranked)]})
-    return {
-        "mode": "closed-set" if args.closed_set else "enrolled",
-        "score": "softmax probability of the classification head" if args.closed_set else "cosine",
-        "checkpoint": str(checkpoint),
-        "speakers": len(names),
-        "enrolled": counts,
-        "top_k": top_k,
-        "threshold": threshold,
-        "threshold_source": source or None,
-        "mc_passes": int(args.mc_passes),
-        "segment_seconds": args.segment_seconds,
-        "results": results,
-    }
+    if enrolled:
+        check_mc(rec.model, args.mc_passes)  # before anything is embedded
+        enrol_from_args(rec, args)
+    return rec.identification_report(args.files, top_k=args.top_k, threshold=args.threshold, mc_passes=args.mc_passes,
+                                     seed=args.seed, closed_set=args.closed_set)
 
 
 def _text(result: dict[str, Any]) -> str:

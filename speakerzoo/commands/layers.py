@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from speakerzoo.argtypes import positive_float, positive_int
+from speakerzoo.commands.argtypes import positive_float, positive_int
 from speakerzoo.atomic import replaced_on_success
-from speakerzoo.commands.embed import device_from_name
-from speakerzoo.commands.enrol import run_command
+from speakerzoo.inference.loading import device_from_name
+from speakerzoo.commands.common import run_command
 from speakerzoo.datamodules.corpus import CorpusError
 from speakerzoo.datamodules.datamodule import SpeakerDataModule
 from speakerzoo.scoring import eer, score_trials

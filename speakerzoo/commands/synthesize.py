@@ -29,22 +29,25 @@ from pathlib import Path
 
 import lightning
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from speakerzoo.argtypes import parse_or_exit_code, positive_float, positive_int
-from speakerzoo.datamodules.corpus import CorpusError
-from speakerzoo.datamodules.frames import SUBJECT, FrameDataModule, FrameFileError, write_frame_file
+from speakerzoo.commands.argtypes import positive_float, positive_int
+from speakerzoo.commands.common import run_command
+from speakerzoo.datamodules.frames import SUBJECT, FrameDataModule, write_frame_file
 from speakerzoo.frame_text import frames_to_text, parse_block
 from speakerzoo.zoo.text_generator import ARCHITECTURES, TextGenerator, text_windows
 
-__all__ = ["GENERATOR_SETTINGS", "EpochLosses", "SampledFrames", "train_generator", "sample_frames", "synthesize", "main"]
+__all__ = ["SynthesisError", "GENERATOR_SETTINGS", "EpochLosses", "SampledFrames", "train_generator", "sample_frames", "synthesize", "main"]
+
+
+class SynthesisError(RuntimeError):
+    """The generator wrote too few well-formed frames: it has not learnt the format (train it longer)."""
 
 
 #: Each generator's training and sampling settings where the caller gives none; measured on FSDD
-#: (README, seed 000). GPT-2 on characters learns slowly from few large batches: 2 layers of 64
+#: (docs/recipes/bird-frame-dnn.md). GPT-2 on characters learns slowly from few large batches: 2 layers of 64
 #: trained on windows of 128 characters in batches of 16 wrote 1.26 well-formed frames per block
 #: after 8 epochs (2 minutes on one thread), where batches of 32 x 256 at lr 5e-3 wrote none.
 GENERATOR_SETTINGS = {
@@ -136,7 +139,7 @@ def sample_frames(generator: TextGenerator, num_frames: int, dim: int = 26, labe
                   block_chars: int = 1000, temperature: float = 1.0, seed: int = 0, batch_size: int = 64,
                   max_blocks: int | None = None, progress: bool = False) -> SampledFrames:
     """Sample blocks until ``num_frames`` well-formed frames of class ``label`` are read back (the
-    first ``num_frames`` are kept). Raises ``RuntimeError`` when ``max_blocks`` (default: 50 times
+    first ``num_frames`` are kept). Raises :class:`SynthesisError` when ``max_blocks`` (default: 50 times
     the blocks a perfect generator would need) give too few: the generator has not learnt the
     format; train it longer."""
     if max_blocks is None:  # 50 times the blocks needed at 8 good lines per block (real lines are ~150 chars)
@@ -146,7 +149,7 @@ def sample_frames(generator: TextGenerator, num_frames: int, dim: int = 26, labe
     while sum(len(k) for k in kept) < num_frames:
         if blocks >= max_blocks:
             bar.close()
-            raise RuntimeError(f"{blocks} sampled blocks gave only {sum(len(k) for k in kept)} well-formed frames "
+            raise SynthesisError(f"{blocks} sampled blocks gave only {sum(len(k) for k in kept)} well-formed frames "
                                f"of {num_frames} ({malformed} malformed lines): the generator has not learnt the "
                                "frame format; train it for more epochs")
         for text in generator.sample(batch_size, block_chars, temperature=temperature, seed=seed + batch,
@@ -240,38 +243,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``speakerzoo synthesize ...``; returns the exit code (0 done, 2 error, 130 interrupted)."""
-    args = parse_or_exit_code(build_parser(), argv)
-    if isinstance(args, int):
-        return args
+def run(args: argparse.Namespace) -> tuple[Path, EpochLosses, SampledFrames]:
+    """Train the generator and write the frames as ``args`` say (one call of :func:`synthesize`)."""
     logger = False
     if args.log_dir:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         logger = TensorBoardLogger(args.log_dir, name=f"synthesize_{args.subject}_{args.generator}")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            path, losses, sampled = synthesize(
-                args.corpus, args.subject, args.output, num_frames=args.frames, architecture=args.generator,
-                features=args.features, subject_utterances=args.subject_utterances, decimals=args.decimals,
-                seed=args.seed, temperature=args.temperature, sample_batch_size=args.sample_batch_size,
-                progress=not args.quiet, logger=logger,
-                lstm_units=args.lstm_units, lstm_layers=args.lstm_layers, pretrained=args.gpt2_pretrained,
-                gpt2=dict(n_layer=args.gpt2_layers, n_embd=args.gpt2_width, n_head=4),
-                epochs=args.epochs, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr)
-    except KeyboardInterrupt:
-        print(f"speakerzoo synthesize: interrupted; {args.output} was left as it was", file=sys.stderr)
-        return 130
-    except (CorpusError, FrameFileError, ValueError, RuntimeError, OSError) as error:
-        print(f"speakerzoo synthesize: error: {error}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        return synthesize(
+            args.corpus, args.subject, args.output, num_frames=args.frames, architecture=args.generator,
+            features=args.features, subject_utterances=args.subject_utterances, decimals=args.decimals,
+            seed=args.seed, temperature=args.temperature, sample_batch_size=args.sample_batch_size,
+            progress=not args.quiet, logger=logger,
+            lstm_units=args.lstm_units, lstm_layers=args.lstm_layers, pretrained=args.gpt2_pretrained,
+            gpt2=dict(n_layer=args.gpt2_layers, n_embd=args.gpt2_width, n_head=4),
+            epochs=args.epochs, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr)
+
+
+def render(result: tuple[Path, EpochLosses, SampledFrames]) -> str:
+    path, losses, sampled = result
     loss, epoch = losses.best()
-    print(f"{path}: {len(sampled.frames)} frames from {sampled.blocks} blocks of text "
-          f"({sampled.kept_per_block:.1f} kept per block, {sampled.malformed} malformed lines dropped); "
-          f"generator best train loss {loss:.3f} at epoch {epoch}")
-    return 0
+    return (f"{path}: {len(sampled.frames)} frames from {sampled.blocks} blocks of text "
+            f"({sampled.kept_per_block:.1f} kept per block, {sampled.malformed} malformed lines dropped); "
+            f"generator best train loss {loss:.3f} at epoch {epoch}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``speakerzoo synthesize ...``; returns the exit code (0 done, 2 error, 130 interrupted)."""
+    return run_command("synthesize", argv, build_parser, run, render,
+                       interrupted=lambda args: f"{args.output} was left as it was")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
   threshold, ``ACCEPT`` or ``REJECT``;
 * ``speakerzoo verify -c CKPT --enrol alice=a1.wav,a2.wav --enrol bob=b.wav test.wav [--speaker alice]``:
   each test file scored against every enrolled speaker, or only against the claimed one
-  (enrolment options: :mod:`speakerzoo.commands.enrol`).
+  (enrolment options: :mod:`speakerzoo.commands.options`).
 
 A trial is accepted when its score is ``>= threshold``. The threshold is ``--threshold``, else
 the validation EER threshold stored in the checkpoint (``model.eer_threshold``); without
@@ -12,7 +12,7 @@ either, scores are reported without a decision. ``--mc-passes K`` embeds each te
 ``K`` Monte-Carlo dropout passes (seed 002 §5): the score is the mean of the ``K`` per-pass
 scores and ``±`` their standard deviation; the decision uses the mean. The enrolment side is
 embedded deterministically, so the spread is that of the test file. ``--segment-seconds``
-embeds long recordings from segments (:func:`~speakerzoo.zoo.uncertainty.embed_recording`).
+embeds long recordings from segments (:func:`~speakerzoo.inference.segments.embed_recording`).
 """
 
 from __future__ import annotations
@@ -22,25 +22,19 @@ import sys
 import textwrap
 from typing import Any
 
-from speakerzoo.commands.enrol import (
-    run_command,
+from speakerzoo.commands.common import run_command
+from speakerzoo.commands.options import (
     NO_THRESHOLD_HINT,
-    Embedder,
-    Enrolment,
-    EnrolError,
     add_enrol_arguments,
     add_inference_arguments,
     add_model_arguments,
-    check_mc,
-    enrol,
+    enrol_from_args,
     format_score,
     has_enrolment,
-    load_model,
-    resolve_threshold,
-    seeded,
+    recognizer_from_args,
     segments_note,
 )
-from speakerzoo.zoo.uncertainty import SpeakerBank, rank
+from speakerzoo.inference.enrolment import EnrolError, check_mc
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -81,12 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
-def _decision(accepted: bool | None) -> str | None:
-    return None if accepted is None else ("ACCEPT" if accepted else "REJECT")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Verify as ``args`` say; the result as the JSON object ``--json`` prints."""
+    """Verify as ``args`` say; the result as the JSON object ``--json`` prints
+    (:meth:`~speakerzoo.inference.SpeakerRecognizer.verification_report`)."""
     pair = not has_enrolment(args)
     if pair:
         if args.speaker is not None:
@@ -95,43 +86,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if len(args.files) != 2:
             raise EnrolError(f"give two files (ENROL TEST), or enrol speakers (--enrol NAME=FILE ...) and give the test "
                              f"file(s); got {len(args.files)} file(s)")
-    model, checkpoint = load_model(args.checkpoint, args.device)
-    check_mc(model, args.mc_passes)
-    threshold, source = resolve_threshold(args.threshold, model)
-    embedder = Embedder(model, args.segment_seconds, args.segment_hop, progress=not args.quiet)
+    rec = recognizer_from_args(args)
+    check_mc(rec.model, args.mc_passes)  # before anything is embedded
     if pair:
-        enrol_file, tests = args.files[0], args.files[1:]
-        rec = embedder.embed_files([enrol_file], roles=["enrolment file"])[0]
-        enrolment = Enrolment(SpeakerBank([enrol_file], rec.embedding[None]), {enrol_file: [enrol_file]})
-        claimed: str | None = enrol_file
-    else:
-        tests, claimed = list(args.files), args.speaker
-        enrolment = enrol(args, embedder, checkpoint)
-        assert enrolment is not None
-        if claimed is not None and claimed not in enrolment.bank:
-            raise EnrolError(f"--speaker {claimed!r} is not enrolled; enrolled: {', '.join(enrolment.bank.names)}")
-    bank = enrolment.bank
-    with seeded(args.seed, model.device):
-        recs = embedder.embed_files(tests, passes=args.mc_passes, roles=["test file"] * len(tests))
-    trials = []
-    for path, rec in zip(tests, recs):
-        mean, std = bank.score_stats(rec.per_pass)
-        results = rank(bank.names, mean, std, threshold)
-        if claimed is not None:
-            results = [results[bank.index(claimed)]]
-        for v in results:
-            trials.append({"test": str(path), "speaker": v.speaker, "score": v.score, "score_std": v.score_std,
-                           "accepted": v.accepted, "decision": _decision(v.accepted), "segments": rec.segments})
-    return {
-        "mode": "pair" if pair else ("claim" if claimed is not None else "bank"),
-        "checkpoint": str(checkpoint),
-        "threshold": threshold,
-        "threshold_source": source or None,
-        "mc_passes": int(args.mc_passes),
-        "segment_seconds": args.segment_seconds,
-        "enrolled": enrolment.counts(),
-        "trials": trials,
-    }
+        return rec.verification_report(args.files[1:], enrol_file=args.files[0], threshold=args.threshold,
+                                       mc_passes=args.mc_passes, seed=args.seed)
+    enrol_from_args(rec, args)
+    return rec.verification_report(args.files, claimed=args.speaker, threshold=args.threshold,
+                                   mc_passes=args.mc_passes, seed=args.seed)
 
 
 def _text(result: dict[str, Any]) -> str:

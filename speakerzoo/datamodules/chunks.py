@@ -1,4 +1,5 @@
-"""``speakerzoo chunk``: cut a prepared corpus into fixed-length chunks (seed paper 004).
+"""Cut a prepared corpus into fixed-length chunks (seed paper 004): the library behind
+``speakerzoo chunk`` (its command line is :mod:`speakerzoo.commands.chunk`).
 
 Speaker identification is compared across 3, 5 and 10 s of speech in seed 004, so the
 corpus is re-cut into chunks of one length: a new corpus file whose utterances are the
@@ -39,9 +40,7 @@ Example: speaker 0 has clips 0 and 2 (3 and 5 samples), clip 1 is noise; chunks 
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +49,12 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from speakerzoo.argtypes import non_negative_float, parse_or_exit_code, positive_float, positive_int
 from speakerzoo.atomic import same_file_among
 from speakerzoo.datamodules.corpus import Corpus, CorpusError, CorpusWriter, cacheable_features
-from speakerzoo.datamodules.splits import PARTS, check_ratios
-from speakerzoo.features import PRESETS, FeatureConfig
+from speakerzoo.datamodules.splits import check_ratios
+from speakerzoo.features import FeatureConfig
 
-__all__ = ["Chunk", "plan_chunks", "chunk_corpus", "build_parser", "main", "TAILS"]
+__all__ = ["Chunk", "plan_chunks", "chunk_corpus", "TAILS"]
 
 #: What to do with the last piece shorter than a chunk.
 TAILS = ("keep", "drop")
@@ -305,103 +303,3 @@ def chunk_corpus(
             bar.close()
     finally:
         corpus.close()
-
-
-# -- command line ----------------------------------------------------------------------------
-
-_EXAMPLE = "speakerzoo chunk data/fsdd.h5 --seconds 3 --output data/fsdd_3s.h5"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="speakerzoo chunk",
-        description=(
-            "Cut a prepared corpus into chunks of a fixed length (seed paper 004: speaker identification on "
-            "3, 5 and 10 s of speech) and write them as a new corpus file, one utterance per chunk, with its "
-            "own splits and trials. Short clips are joined per speaker before cutting (a chunk may span "
-            "several clips); long recordings are cut one by one (--join). The 16-bit audio is copied "
-            "exactly; noise clips are copied whole. The output is written under a temporary name and only "
-            "replaces OUT.h5 when complete."
-        ),
-        epilog=(f"examples:\n  {_EXAMPLE}\n"
-                "  speakerzoo chunk data/libri.h5 --seconds 10 --join no --tail drop -o data/libri_10s.h5"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("corpus", type=Path, metavar="CORPUS.h5", help="prepared corpus to cut (speakerzoo prepare)")
-    parser.add_argument("--seconds", type=positive_float, required=True, metavar="S",
-                        help="chunk length in seconds, e.g. 3, 5 or 10 (required)")
-    parser.add_argument("--output", "-o", type=Path, required=True, metavar="OUT.h5",
-                        help="corpus file to write (required; not the input)")
-    parser.add_argument("--join", choices=("auto", "yes", "no"), default="auto",
-                        help="join each speaker's utterances before cutting (yes), cut each on its own (no), or "
-                             "join when the median utterance is shorter than a chunk (auto, the default)")
-    parser.add_argument("--tail", choices=TAILS, default="keep",
-                        help="keep the last piece shorter than a chunk as a short chunk, or drop it (default: keep)")
-    parser.add_argument("--split-ratios", nargs=3, type=non_negative_float, default=[0.7, 0.15, 0.15],
-                        metavar=("TRAIN", "VAL", "TEST"),
-                        help="proportions of the train/val/test parts, by chunk and by speaker (default: 0.7 0.15 0.15)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the splits and trials (default: 0)")
-    parser.add_argument("--features", nargs="+", default=[], metavar="NAME",
-                        help=f"feature presets to cache for the chunks "
-                             f"({', '.join(k for k in PRESETS if k != 'waveform')}); default: none")
-    parser.add_argument("--max-trial-anchors", type=positive_int, default=2000, metavar="N",
-                        help="most trial anchors per val/test part (default: 2000)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar; print only the output path")
-    return parser
-
-
-def _error(message: str) -> int:
-    print(f"speakerzoo chunk: error: {message}", file=sys.stderr)
-    return 2
-
-
-def summary(path: str | Path) -> str:
-    """One paragraph about a chunked corpus: speakers, chunks, full-length chunks and tails, hours, parts."""
-    corpus = Corpus(path)
-    try:
-        spk = corpus.speaker
-        speech = spk >= 0
-        chunk_samples = int(corpus.settings.get("chunk_samples", 0))
-        full = int((corpus.num_samples[speech] == chunk_samples).sum())
-        hours = float(corpus.duration[speech].astype(np.float64).sum()) / 3600
-        parts = ", ".join(f"{p} {len(corpus.split('utterance', p))}" for p in PARTS)
-        noise = int((~speech).sum())
-        no_trials = [p for p in PARTS[1:] if not len(corpus.trials("utterance", p)[0])]
-        warning = (f" Warning: the {' and '.join(no_trials)} part(s) of the utterance split have no trials (they need "
-                   f"two speakers, one with two chunks there); use shorter chunks." if no_trials else "")
-        return (f"chunked {corpus.settings.get('chunked_from', '?')} into {path}: {len(corpus.speakers)} speakers, "
-                f"{int(speech.sum())} chunks of {corpus.settings.get('chunk_seconds', 0):g} s "
-                f"({full} full-length, {int(speech.sum()) - full} shorter tails; "
-                f"{'joined per speaker' if corpus.settings.get('join') else 'each utterance cut alone'}, "
-                f"tail={corpus.settings.get('tail')}), {hours:.3f} h at {corpus.sample_rate} Hz"
-                f"{f', {noise} noise clips copied whole' if noise else ''}; utterance split: {parts} chunks.{warning}")
-    finally:
-        corpus.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``speakerzoo chunk ...``; returns the exit code (0 done, 2 error, 130 interrupted)."""
-    args = parse_or_exit_code(build_parser(), argv)
-    if isinstance(args, int):
-        return args
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            path = chunk_corpus(args.corpus, args.output, args.seconds, join=args.join, tail=args.tail,
-                                ratios=args.split_ratios, seed=args.seed, features=args.features,
-                                max_trial_anchors=args.max_trial_anchors, progress=not args.quiet)
-    except KeyboardInterrupt:
-        print(f"speakerzoo chunk: interrupted; {args.output} was left as it was", file=sys.stderr)
-        return 130
-    except (CorpusError, ValueError, OSError) as err:
-        return _error(str(err))
-    finally:
-        for w in caught:
-            print(f"speakerzoo chunk: warning: {w.message}", file=sys.stderr)
-    print(path if args.quiet else summary(path))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from speakerzoo.argtypes import check_number
+from speakerzoo.checks import check_number
 from speakerzoo.augment import waveform_augment_from
 from speakerzoo.datamodules.corpus import Corpus, CorpusError
 from speakerzoo.datamodules.dataset import CropDataset, UtteranceDataset, collate_crops, collate_utterances

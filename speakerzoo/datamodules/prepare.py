@@ -1,4 +1,5 @@
-"""``speakerzoo prepare``: decode a folder of audio files once into a corpus file (HDF5).
+"""Decode a folder of audio files once into a corpus file (HDF5): the library behind
+``speakerzoo prepare`` (its command line is :mod:`speakerzoo.commands.prepare`).
 
 Flow: an importer of :mod:`speakerzoo.datamodules.sources` lists the files (speaker,
 utterance id, transcript, session); :func:`prepare` decodes them with
@@ -28,7 +29,6 @@ existing corpus at the output path as it was.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import multiprocessing
@@ -37,7 +37,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,22 +46,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from speakerzoo.argtypes import (
-    check_number,
-    non_negative_float,
-    non_negative_int,
-    parse_or_exit_code,
-    positive_int,
-)
+from speakerzoo.checks import check_number
 from speakerzoo.atomic import same_file_among
 from speakerzoo.audio import AudioError, condition, read_audio, silence_reason
 from speakerzoo.datamodules.corpus import (
     Corpus, CorpusError, CorpusWriter, cacheable_features, single_torch_thread, to_pcm16)
 from speakerzoo.datamodules.splits import MODES, PARTS, check_ratios
-from speakerzoo.datamodules.sources import SOURCES, SourceError, Utterance
-from speakerzoo.features import PRESETS, FeatureConfig
+from speakerzoo.datamodules.sources import Utterance
+from speakerzoo.features import FeatureConfig
 
-__all__ = ["prepare", "PrepareSummary", "PrepareError", "DEFAULT_WORKERS", "build_parser", "main"]
+__all__ = ["prepare", "prepare_toy_corpus", "PrepareSummary", "ToySummary", "PrepareError", "DEFAULT_WORKERS"]
 
 #: Decoding processes used unless told otherwise.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -448,163 +441,48 @@ def _summarize(output: Path, skipped, resampled, stereo, scaled, features, elaps
         corpus.close()
 
 
-# -- command line ----------------------------------------------------------------------------
+@dataclass
+class ToySummary:
+    """What :func:`prepare_toy_corpus` wrote; ``print(summary)`` gives the command's one-line report."""
 
-# source -> (metavar, one-line help, description, example)
-_EXAMPLES = {
-    "folder": ("ROOT", "any folder with one sub-folder per speaker",
-               "a folder with one sub-folder per speaker: ROOT/<speaker>/**/*.{wav,flac,ogg,mp3}; "
-               "the first folder level names the speaker and utt_id is the path without its extension",
-               "speakerzoo prepare folder data/my_speakers --output corpora/mine.h5"),
-    "manifest": ("CSV", "a CSV list of files (path,speaker[,transcript,session,utt_id])",
-                 "a CSV file with a header and columns path,speaker (required) and transcript,session,utt_id "
-                 "(optional); relative paths are read from the CSV's folder; an empty speaker cell marks noise",
-                 "speakerzoo prepare manifest data/list.csv --output corpora/list.h5 --sample-rate 16000"),
-    "fsdd": ("ROOT", "Free Spoken Digit Dataset",
-             "the Free Spoken Digit Dataset (its root or recordings/): {digit}_{speaker}_{index}.wav, "
-             "8 kHz; transcripts are the digits as words",
-             "speakerzoo prepare fsdd ../shared/data/fsdd --output corpora/fsdd.h5 --sample-rate 8000 --features mfcc26"),
-    "speech-commands": ("ROOT", "Speech Commands (v0.01/v0.02, full or test set)",
-                        "Speech Commands: {word}/{speaker}_nohash_{n}.wav, _unknown_/{word}_{speaker}_nohash_{n}.wav.wav; "
-                        "_silence_/ and _background_noise_/ clips are stored as noise without a speaker",
-                        "speakerzoo prepare speech-commands ../shared/data/speech_commands_test --output corpora/sc.h5 --features fbank80"),
-    "librispeech": ("ROOT", "LibriSpeech (one subset or several)",
-                    "LibriSpeech: {speaker}/{chapter}/{speaker}-{chapter}-{utt}.flac with "
-                    "{speaker}-{chapter}.trans.txt transcripts; session = chapter",
-                    "speakerzoo prepare librispeech LibriSpeech/dev-clean --output corpora/libri-dev.h5 --trim-silence"),
-    "voxceleb": ("ROOT", "VoxCeleb1/2 (wav; convert VoxCeleb2 .m4a first)",
-                 "VoxCeleb1/2: {id}/{video}/{n}.wav; session = video. VoxCeleb2's AAC .m4a files cannot be "
-                 "decoded: convert them to wav with ffmpeg first",
-                 "speakerzoo prepare voxceleb vox1_test_wav/wav --output corpora/vox1-test.h5 --workers 8"),
-}
-_TOY_EXAMPLE = "speakerzoo prepare toy --output corpora/toy.h5 --speakers 40 --utterances 24 --features fbank80"
+    output: Path
+    speakers: int
+    utterances: int
+    seconds: float
+    sample_rate: int
+
+    def __str__(self) -> str:
+        return (f"prepared {self.output}: {self.speakers} speakers, {self.utterances} utterances, "
+                f"{self.seconds / 3600:.3f} h at {self.sample_rate} Hz")
 
 
-def _feature_help() -> str:
-    names = [k for k in PRESETS if k != "waveform"]
-    return f"feature presets to cache beside the audio ({', '.join(names)}); default: none"
+def prepare_toy_corpus(
+    output: str | Path,
+    speakers: int = 40,
+    utterances: int = 24,
+    seed: int = 0,
+    sample_rate: int = 16000,
+    features: Sequence[str] = (),
+    progress: bool = True,
+) -> ToySummary:
+    """The synthetic corpus of :func:`speakerzoo.datamodules.toy.prepare_toy`, with the settings checked
+    as :func:`prepare` checks them; returns what was written.
 
-
-def build_parser() -> argparse.ArgumentParser:
-    examples = "\n".join(f"  {ex}" for *_, ex in _EXAMPLES.values()) + f"\n  {_TOY_EXAMPLE}"
-    parser = argparse.ArgumentParser(
-        prog="speakerzoo prepare",
-        description=(
-            "Decode a speech corpus once into a single HDF5 corpus file (16-bit PCM at one sample rate, "
-            "speakers, transcripts, seeded splits by utterance and by speaker, verification and "
-            "identification trials, optional cached features). Unreadable, empty, non-audio and "
-            "truncated files are skipped and listed (--strict stops at the first). The output is "
-            "written under a temporary name and only replaces OUT.h5 when complete."
-        ),
-        epilog="examples:\n" + examples + "\n\nrun `speakerzoo prepare SOURCE --help` for the options of one source.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True,
-                                title="sources", description="layout of the files to prepare")
-
-    common = argparse.ArgumentParser(add_help=False)
-    opts = common.add_argument_group("options")
-    opts.add_argument("--output", "-o", required=True, type=Path, metavar="OUT.h5", help="corpus file to write (required)")
-    opts.add_argument("--sample-rate", type=positive_int, default=16000, metavar="HZ",
-                      help="sample rate of the stored audio; other rates are resampled (default: 16000)")
-    opts.add_argument("--normalize", action="store_true", help="scale every clip to a peak of 0.95")
-    opts.add_argument("--trim-silence", action="store_true",
-                      help="cut silences longer than 200 ms (frames 40 dB below the loudest), keeping 100 ms margins")
-    opts.add_argument("--features", nargs="+", default=[], metavar="NAME", help=_feature_help())
-    opts.add_argument("--split-ratios", nargs=3, type=non_negative_float, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
-                      help="proportions of the train/val/test parts, by utterance and by speaker (default: 0.7 0.15 0.15)")
-    opts.add_argument("--seed", type=int, default=0, help="seed of the splits and trials (default: 0)")
-    opts.add_argument("--strict", action="store_true", help="stop at the first unusable file instead of skipping it")
-    opts.add_argument("--workers", type=non_negative_int, default=DEFAULT_WORKERS, metavar="N",
-                      help=f"decoding processes; 0 decodes in this process (default: {DEFAULT_WORKERS})")
-    opts.add_argument("--max-trial-anchors", type=positive_int, default=2000, metavar="N",
-                      help="most trial anchors per val/test part (default: 2000)")
-    opts.add_argument("--min-seconds", type=non_negative_float, default=0.1, metavar="S",
-                      help="skip clips shorter than S seconds after decoding and trimming (default: 0.1); "
-                           "silent clips are skipped whatever their length")
-    opts.add_argument("--quiet", "-q", action="store_true", help="no progress bars; print only the output path")
-
-    for name, (metavar, short, what, example) in _EXAMPLES.items():
-        p = sub.add_parser(name, parents=[common], help=short,
-                           description=f"{what}.", epilog=f"example:\n  {example}",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("path", type=Path, metavar=metavar, help="the CSV file" if name == "manifest" else "the corpus folder")
-
-    toy = sub.add_parser("toy", help="a deterministic synthetic multi-speaker corpus (for tests and demos)",
-                         description="Generate a deterministic synthetic multi-speaker corpus (no files needed).",
-                         epilog=f"example:\n  {_TOY_EXAMPLE}", formatter_class=argparse.RawDescriptionHelpFormatter)
-    t = toy.add_argument_group("options")
-    t.add_argument("--output", "-o", required=True, type=Path, metavar="OUT.h5", help="corpus file to write (required)")
-    t.add_argument("--speakers", type=positive_int, default=40, help="number of speakers (default: 40)")
-    t.add_argument("--utterances", type=positive_int, default=24, help="utterances per speaker (default: 24)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the voices, splits and trials (default: 0)")
-    t.add_argument("--sample-rate", type=positive_int, default=16000, metavar="HZ", help="sample rate (default: 16000)")
-    t.add_argument("--features", nargs="+", default=[], metavar="NAME", help=_feature_help())
-    t.add_argument("--quiet", "-q", action="store_true", help="no progress bars; print only the output path")
-    return parser
-
-
-def _error(message: str) -> int:
-    print(f"speakerzoo prepare: error: {message}", file=sys.stderr)
-    return 2
-
-
-def _run_toy(args: argparse.Namespace) -> int:
+    Raises:
+        PrepareError: bad settings, or the toy generator is not available in this installation.
+    """
     try:
         from speakerzoo.datamodules.toy import prepare_toy
     except ImportError as err:
-        return _error(f"the toy corpus generator is not available in this installation ({err})")
-    _check_settings(args.sample_rate, (0.7, 0.15, 0.15), args.features, 0, 1, 0.0)
-    path = prepare_toy(args.output, speakers=args.speakers, utterances=args.utterances, seed=args.seed,
-                       sample_rate=args.sample_rate, features=tuple(args.features), progress=not args.quiet)
-    if args.quiet:
-        print(path)
-    else:
-        corpus = Corpus(path)
-        print(f"prepared {path}: {len(corpus.speakers)} speakers, {len(corpus)} utterances, "
-              f"{float(corpus.duration.sum()) / 3600:.3f} h at {corpus.sample_rate} Hz")
-        corpus.close()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``speakerzoo prepare ...``; returns the exit code (0 done, 2 error, 130 interrupted)."""
-    args = parse_or_exit_code(build_parser(), argv)
-    if isinstance(args, int):
-        return args
-    output = getattr(args, "output", None)
+        raise PrepareError(f"the toy corpus generator is not available in this installation ({err})") from None
+    if isinstance(features, str):
+        features = [features]
+    _check_settings(sample_rate, (0.7, 0.15, 0.15), features, 0, 1, 0.0)
+    path = prepare_toy(output, speakers=speakers, utterances=utterances, seed=seed, sample_rate=sample_rate,
+                       features=tuple(features), progress=progress)
+    corpus = Corpus(path)
     try:
-        if args.source == "toy":
-            return _run_toy(args)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            records = SOURCES[args.source](args.path)
-        for w in caught:
-            print(f"speakerzoo prepare: warning: {w.message}", file=sys.stderr)
-        command = "speakerzoo prepare " + " ".join(argv if argv is not None else sys.argv[1:])
-        summary = prepare(
-            records, args.output, sample_rate=args.sample_rate, normalize=args.normalize,
-            trim_silence=args.trim_silence, features=args.features, ratios=args.split_ratios, seed=args.seed,
-            strict=args.strict, workers=args.workers, max_trial_anchors=args.max_trial_anchors,
-            min_seconds=args.min_seconds,
-            progress=not args.quiet,
-            settings={"sources": [{"kind": args.source, "path": str(Path(args.path).expanduser().resolve())}],
-                      "command": command},
-        )
-    except KeyboardInterrupt:
-        print(f"speakerzoo prepare: interrupted; {output} was left as it was", file=sys.stderr)
-        return 130
-    except (SourceError, PrepareError, CorpusError, AudioError, ValueError, OSError) as err:
-        return _error(str(err))
-    if args.quiet:
-        print(summary.output)
-        if summary.skipped:
-            print(f"speakerzoo prepare: warning: skipped {len(summary.skipped)} unusable file(s); "
-                  f"run without --quiet for the list", file=sys.stderr)
-    else:
-        print(summary)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        return ToySummary(output=path, speakers=len(corpus.speakers), utterances=len(corpus),
+                          seconds=float(corpus.duration.sum()), sample_rate=corpus.sample_rate)
+    finally:
+        corpus.close()

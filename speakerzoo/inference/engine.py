@@ -4,7 +4,9 @@
 kernels whose sums do not depend on the batch (so that each embedding is bitwise what the model
 gives the waveform alone), splits recordings longer than :data:`LONG_RECORDING_SECONDS` into
 segments and caps the audio of one forward pass (memory bounded whatever the lengths).
-``speakerzoo embed``, ``verify`` and ``identify`` and the benchmarks use it.
+With ``passes=K`` it runs ``K`` Monte-Carlo dropout passes of every batch instead of one eval-mode
+pass. ``speakerzoo embed``, ``verify`` and ``identify``, the Python API
+(:class:`~speakerzoo.inference.SpeakerRecognizer`), MC-dropout uncertainty and the benchmarks use it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+from speakerzoo.embeddings import EmbeddingError
+from speakerzoo.inference.mc_dropout import mc_dropout
 
 __all__ = [
     "BATCH_SECONDS",
@@ -36,10 +41,6 @@ __all__ = [
 #: 30-minute file took 4.1 GB as one pass). Shorter recordings are embedded whole, as before.
 LONG_RECORDING_SECONDS = 60.0
 BATCH_SECONDS = 120.0
-
-
-class EmbeddingError(RuntimeError):
-    """Embedding cannot go on, or an embeddings file cannot be used; the message says why."""
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, max_samples: int | None = None) -> list[list[int]]:
@@ -126,6 +127,7 @@ def embed_waveforms(
     threads: int | None = None,
     progress: Callable[[int], Any] | None = None,
     long_seconds: float | None = LONG_RECORDING_SECONDS,
+    passes: int = 0,
 ) -> Tensor:
     """Embed 1-D waveforms (at ``model.sample_rate``) in unpadded batches of equal length.
 
@@ -144,10 +146,18 @@ def embed_waveforms(
             embeddings of its :func:`near_equal_segments` segments (``None``: always whole). With it, no
             forward pass holds more than :data:`BATCH_SECONDS` of audio, so memory is bounded
             whatever the recordings' lengths.
+        passes: ``K > 0``: ``K`` forward passes of each batch under
+            :func:`~speakerzoo.inference.mc_dropout.mc_dropout` (dropout sampling, everything else
+            in eval mode), one batch after another so that ``torch.manual_seed`` before the call
+            makes the masks reproducible; ``0``: one eval-mode pass.
 
     Returns:
-        ``[len(waves), D]`` float32 embeddings on the CPU, in the order of ``waves``.
+        ``[len(waves), D]`` float32 embeddings on the CPU, in the order of ``waves``; with
+        ``passes=K``, ``[K, len(waves), D]``.
     """
+    passes = int(passes)
+    if passes < 0:
+        raise ValueError(f"passes must be 0 (one eval-mode pass) or more, not {passes}")
     whole = [_as_tensor(w) for w in waves]
     device = torch.device(getattr(model, "device", "cpu"))
     rate = int(getattr(model, "sample_rate", 16000))
@@ -178,15 +188,23 @@ def embed_waveforms(
             torch.set_num_threads(1)  # per thread: this worker's own OpenMP setting
         x = torch.stack([tensors[i] for i in batch]).to(device)
         with torch.inference_mode():
-            emb = model.embed(x)
+            if passes:
+                emb = torch.stack([model.embed(x) for _ in range(passes)], dim=1)  # [b, K, D]
+            else:
+                emb = model.embed(x)
         return emb.float().cpu()
 
-    parallel = exact and device.type == "cpu" and len(batches) > 1
+    # MC passes run one batch after another: parallel batches would draw their masks in any order.
+    parallel = exact and device.type == "cpu" and len(batches) > 1 and not passes
     workers = max(1, threads if threads is not None else torch.get_num_threads())  # read before the kernels set 1
-    was_training = model.training
-    model.eval()
     rows: dict[int, Tensor] = {}
-    try:
+    with contextlib.ExitStack() as modes:
+        if passes:
+            modes.enter_context(mc_dropout(model))
+        else:
+            was_training = model.training
+            model.eval()
+            modes.callback(model.train, was_training)
         with batch_invariant_kernels(device) if exact else contextlib.nullcontext():
             if parallel and workers > 1:
                 # One thread per forward keeps the sums in one order; use the cores by running batches side by side.
@@ -198,18 +216,19 @@ def embed_waveforms(
                 for batch in batches:
                     rows.update(zip(batch, run(batch)))
                     done(batch)
-    finally:
-        model.train(was_training)
     if not tensors:
-        return torch.zeros(0, int(getattr(model, "embedding_dim", 0)))
+        dim = int(getattr(model, "embedding_dim", 0))
+        return torch.zeros(passes, 0, dim) if passes else torch.zeros(0, dim)
     out = []
     for span in spans:
         if len(span) == 1:
             out.append(rows[span[0]])
         else:  # a long recording: the mean of its segments' embeddings, weighted by their lengths
             weights = torch.tensor([float(tensors[k].numel()) for k in span])
-            out.append((torch.stack([rows[k] for k in span]) * (weights / weights.sum())[:, None]).sum(0))
-    return torch.stack(out)
+            weights = (weights / weights.sum()).reshape(-1, *[1] * rows[span[0]].dim())
+            out.append((torch.stack([rows[k] for k in span]) * weights).sum(0))
+    emb = torch.stack(out)
+    return emb.transpose(0, 1).contiguous() if passes else emb
 
 
 def min_samples(model: torch.nn.Module, limit: int = 1 << 22) -> int:

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from speakerzoo.features import valid_mask
 from speakerzoo.zoo.base import SpeakerEmbeddingModule
 from speakerzoo.zoo.heads import SoftmaxHead
+from speakerzoo.zoo.pooling import masked_mean
 from speakerzoo.zoo.triplet import CosineTripletLoss
 
 CLIP = 20.0
@@ -95,12 +96,6 @@ def _frame_mask(frame_lengths: Tensor, frames: int) -> Tensor | None:
     if bool((frame_lengths >= frames).all()):
         return None
     return valid_mask(frame_lengths, frames)
-
-
-def masked_mean(x: Tensor, frame_lengths: Tensor) -> Tensor:
-    """Average of ``x [B, T, D]`` over each row's valid frames (eq. 3)."""
-    mask = valid_mask(frame_lengths, x.shape[1])[:, :, None].to(x.dtype)
-    return (x * mask).sum(dim=1) / frame_lengths.clamp(min=1)[:, None].to(x.dtype)
 
 
 class ResCNN(nn.Module):
@@ -200,10 +195,8 @@ class DeepSpeaker(SpeakerEmbeddingModule):
     """Deep Speaker embeddings (seed 001): ResCNN or GRU, softmax pre-training, cosine triplet fine-tuning.
 
     Arguments:
-        num_speakers, sample_rate, frontend, speaker_names, weight_decay, init_from: see
-            :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule`. The seed's input is ``fbank64``
-            (64 log filterbanks, zero mean and unit variance per utterance). For the triplet stage,
-            ``init_from`` names the softmax stage's checkpoint.
+        frontend: the seed's input is ``fbank64`` (64 log filterbanks, zero mean and unit
+            variance per utterance).
         architecture: ``rescnn`` (Table 1) or ``gru`` (Table 2).
         width: multiplier of every channel count and of the GRU size (1.0: the paper's models).
         blocks: ResBlocks per ResCNN stage (seed: 3).
@@ -215,6 +208,10 @@ class DeepSpeaker(SpeakerEmbeddingModule):
         lr, final_lr: the learning rate falls linearly from ``lr`` to ``final_lr`` over training
             (seed: 0.05 -> 0.005), per step.
         momentum: SGD momentum (seed: 0.99).
+        **kwargs: ``num_speakers``, ``sample_rate``, ``speaker_names``, ``weight_decay``,
+            ``init_from``: see :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule` (no
+            ``warmup_epochs``: the schedule is the seed's). For the triplet stage, ``init_from``
+            names the softmax stage's checkpoint.
 
     In the triplet stage the classifier head (kept so that a checkpoint can still classify its
     training speakers) is frozen; ``train/acc`` is not logged, ``train/prob_hard`` (the share of
@@ -230,10 +227,7 @@ class DeepSpeaker(SpeakerEmbeddingModule):
 
     def __init__(
         self,
-        num_speakers: int = 0,
-        sample_rate: int = 16000,
         frontend: str | dict = "fbank64",
-        speaker_names: list[str] | None = None,
         architecture: str = "rescnn",
         width: float = 1.0,
         blocks: int = 3,
@@ -245,13 +239,11 @@ class DeepSpeaker(SpeakerEmbeddingModule):
         lr: float = 0.05,
         final_lr: float = 0.005,
         momentum: float = 0.99,
-        weight_decay: float = 1e-4,
-        init_from: str | None = None,
+        **kwargs,
     ):
-        super().__init__(num_speakers=num_speakers, sample_rate=sample_rate, frontend=frontend,
-                         speaker_names=speaker_names, lr=lr, weight_decay=weight_decay, warmup_epochs=0.0,
-                         init_from=init_from)
-        self.save_hyperparameters()
+        # SGD with the seed's schedule: no warm-up, and no warmup_epochs argument.
+        super().__init__(frontend=frontend, lr=lr, warmup_epochs=0.0, **kwargs)
+        self.save_hyperparameters(ignore="warmup_epochs")
         if self.frontend.dim is None:
             raise ValueError("DeepSpeaker needs a spectral frontend (fbank64 in the seed), not raw waveforms")
         if loss not in ("softmax", "triplet"):

@@ -10,6 +10,7 @@ from torch import Tensor
 from speakerzoo.augment import spectral_augment_from
 from speakerzoo.zoo.base import SpeakerEmbeddingModule
 from speakerzoo.zoo.heads import AAMSoftmax
+from speakerzoo.zoo.pooling import relative_lengths
 
 
 class ECAPA(SpeakerEmbeddingModule):
@@ -21,8 +22,9 @@ class ECAPA(SpeakerEmbeddingModule):
     ``[512, 512, 512, 512, 1536]`` (the paper's C=512 model); pass them for a lighter model.
 
     Arguments:
-        num_speakers, sample_rate, frontend, speaker_names, lr, weight_decay, warmup_epochs,
-        init_from: see :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule`.
+        **kwargs: ``num_speakers``, ``sample_rate``, ``frontend`` (default ``fbank80``),
+            ``speaker_names``, ``lr``, ``weight_decay``, ``warmup_epochs``, ``init_from``: see
+            :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule`.
         embedding_dim: embedding size (speechbrain's ``lin_neurons``).
         channels: output channels of the five blocks (SE-Res2Net blocks 2-4, the last is the
             multi-layer feature aggregation).
@@ -52,10 +54,6 @@ class ECAPA(SpeakerEmbeddingModule):
 
     def __init__(
         self,
-        num_speakers: int = 0,
-        sample_rate: int = 16000,
-        frontend: str | dict = "fbank80",
-        speaker_names: list[str] | None = None,
         embedding_dim: int = 192,
         channels: Sequence[int] = (1024, 1024, 1024, 1024, 3072),
         kernel_sizes: Sequence[int] = (5, 3, 3, 3, 1),
@@ -69,22 +67,9 @@ class ECAPA(SpeakerEmbeddingModule):
         margin: float = 0.2,
         scale: float = 30.0,
         spec_augment: bool | dict | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        warmup_epochs: float = 0.0,
-        init_from: str | None = None,
+        **kwargs,
     ):
-        super().__init__(
-            num_speakers=num_speakers,
-            sample_rate=sample_rate,
-            frontend=frontend,
-            speaker_names=speaker_names,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            init_from=init_from,
-        )
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         if self.frontend.dim is None:
             raise ValueError("ECAPA needs a spectral frontend (fbank, mfcc or logmel), not raw waveforms")
         self.embedding_dim = int(embedding_dim)
@@ -107,12 +92,3 @@ class ECAPA(SpeakerEmbeddingModule):
     def encode(self, features: Tensor, frame_lengths: Tensor) -> Tensor:
         return self.encoder(features, lengths=relative_lengths(frame_lengths, features)).squeeze(1)
 
-
-def relative_lengths(frame_lengths: Tensor, features: Tensor) -> Tensor:
-    """speechbrain's relative lengths for ``features [B, frames, dim]`` with valid ``frame_lengths [B]``.
-
-    speechbrain masks frame i when i < relative * frames. With relative = n / frames the float
-    product is often a hair above n and then also lets padded frame n in; (n - 0.5) / frames
-    keeps exactly n frames.
-    """
-    return (frame_lengths.to(features.device).float() - 0.5).clamp(min=0.5) / features.shape[1]

@@ -27,8 +27,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
 from speakerzoo.features import Frontend
-from speakerzoo.zoo.base import LoadReport, _load_weights
-from speakerzoo.zoo.checkpoint import read_checkpoint_file
+from speakerzoo.zoo.checkpoint import LoadReport, load_weights, read_checkpoint_file
 
 __all__ = ["FrameDNN", "frame_metrics"]
 
@@ -139,7 +138,7 @@ class FrameDNN(lightning.LightningModule):
         checkpoint = read_checkpoint_file(path)
         state = {k: v for k, v in checkpoint.get("state_dict", {}).items() if k != "class_weight"}
         state["class_weight"] = self.class_weight
-        return _load_weights(self, state, str(path), "speakerzoo.zoo.FrameDNN", head="fit",
+        return load_weights(self, state, str(path), "speakerzoo.zoo.FrameDNN", head="fit",
                              what="this FrameDNN (init_from needs the same features and hidden layers)")
 
     # -- steps ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from speechbrain.lobes.models.ECAPA_TDNN import Classifier
 from speechbrain.nnet.losses import AdditiveAngularMargin
 from torch import Tensor, nn
 
-from speakerzoo.argtypes import check_number
+from speakerzoo.checks import check_number
 
 
 class AAMSoftmax(nn.Module):

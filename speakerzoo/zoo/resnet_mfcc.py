@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from transformers import ResNetConfig, ResNetModel
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from speakerzoo.zoo.base import SpeakerEmbeddingModule, local_weights_dir
+from speakerzoo.zoo.base import SpeakerEmbeddingModule
+from speakerzoo.zoo.checkpoint import local_weights_dir
 from speakerzoo.zoo.heads import SoftmaxHead
 from speakerzoo.zoo.mfcc_image import MFCCImage
 
@@ -40,8 +41,6 @@ class ResNetMFCC(SpeakerEmbeddingModule):
     """ResNet50 speaker identification on MFCC images (seed 004).
 
     Arguments:
-        num_speakers, sample_rate, speaker_names, init_from: see
-            :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule`.
         frontend: the MFCCs drawn (default ``mfcc13``: 13 coefficients from 40 mel bands, 25 ms
             windows, 10 ms steps); another count, e.g. ``{"kind": "mfcc", "n_mels": 40, "n_mfcc": 20}``.
         image_size: side of the image (224: ResNet50's input; the seed used 300).
@@ -60,15 +59,15 @@ class ResNetMFCC(SpeakerEmbeddingModule):
         dropout: dropout after each dense layer.
         imagenet_normalize: standardise the [0, 1] image with ImageNet's channel mean and deviation
             before the backbone, as ImageNet-trained weights expect.
-        lr, weight_decay: Adam (the seed: Keras' Adam, lr 1e-3, no decay), constant rate.
+        weight_decay: Adam's, with ``lr`` (the seed: Keras' Adam, lr 1e-3, no decay), constant rate.
+        **kwargs: ``num_speakers``, ``sample_rate``, ``speaker_names``, ``lr``, ``init_from``: see
+            :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule` (no ``warmup_epochs``: the rate is
+            constant).
     """
 
     def __init__(
         self,
-        num_speakers: int = 0,
-        sample_rate: int = 16000,
         frontend: str | dict = "mfcc13",
-        speaker_names: list[str] | None = None,
         image_size: int = 224,
         colormap: str = "coolwarm",
         backbone: dict | None = None,
@@ -78,13 +77,12 @@ class ResNetMFCC(SpeakerEmbeddingModule):
         hidden: int = 512,
         dropout: float = 0.3,
         imagenet_normalize: bool = True,
-        lr: float = 1e-3,
         weight_decay: float = 0.0,
-        init_from: str | None = None,
+        **kwargs,
     ):
-        super().__init__(num_speakers=num_speakers, sample_rate=sample_rate, frontend=frontend,
-                         speaker_names=speaker_names, lr=lr, weight_decay=weight_decay, init_from=init_from)
-        self.save_hyperparameters()
+        # Adam at a constant rate: no warm-up, and no warmup_epochs argument.
+        super().__init__(frontend=frontend, weight_decay=weight_decay, warmup_epochs=0.0, **kwargs)
+        self.save_hyperparameters(ignore="warmup_epochs")
         if self.frontend.dim is None:
             raise ValueError("ResNetMFCC draws MFCC images: give it a spectral frontend (mfcc13), not raw waveforms")
         unknown = sorted(set(freeze) - set(STAGES))

@@ -5,7 +5,7 @@ BatchNorm, ReLU, squeeze-excitation, MaxPool(1, 2) over frequency only, so every
 a 2-layer BiGRU of 256 units with dropout 0.2 between the layers, attentive statistics pooling,
 and a 1024 -> 256 -> 256 embedding projection (BN, ReLU), L2-normalised, trained with AAM
 softmax (s = 30, m = 0.25, Xavier-initialised class weights). Monte-Carlo dropout (§5, p = 0.3)
-sits after the CNN and on the pooled statistics; :mod:`speakerzoo.zoo.uncertainty` switches it on
+sits after the CNN and on the pooled statistics; :mod:`speakerzoo.inference.mc_dropout` switches it on
 at inference.
 
 **Padding never changes an embedding** (in eval mode): padded frames are zeroed after every
@@ -26,6 +26,7 @@ from speakerzoo.augment import spectral_augment_from
 from speakerzoo.features import valid_mask
 from speakerzoo.zoo.base import SpeakerEmbeddingModule
 from speakerzoo.zoo.heads import AAMSoftmax
+from speakerzoo.zoo.pooling import AttentiveStatsPooling
 
 
 class SEBlock(nn.Module):
@@ -98,7 +99,7 @@ class PaddedBiGRU(nn.Module):
     every row reversed within its length (:func:`reverse_valid`), so it starts at the row's
     last valid frame. Dropout ``dropout`` between layers in training, as ``nn.GRU(dropout=...)``;
     like that one it is internal (a functional dropout, no ``nn.Dropout`` module), so Monte-Carlo
-    dropout (:mod:`speakerzoo.zoo.uncertainty`) leaves it off, as the seed's MC dropout is the
+    dropout (:mod:`speakerzoo.inference.mc_dropout`) leaves it off, as the seed's MC dropout is the
     p = 0.3 layers only.
 
     Why not ``nn.GRU(bidirectional=True)`` on packed sequences: on the CPU its backward pass
@@ -138,39 +139,6 @@ class PaddedBiGRU(nn.Module):
             behind = reverse_valid(bwd(reverse_valid(x, lengths))[0], lengths)
             x = torch.cat([ahead, behind], dim=-1)
         return x
-
-
-class AttentiveStatsPooling(nn.Module):
-    """Attentive statistics pooling over valid frames (§3.2.4).
-
-    ``alpha_t = tanh(W h_t + b)`` per channel, ``w = softmax_t(alpha)`` over the valid frames,
-    ``mu = sum_t w_t * h_t``, ``sigma = sqrt(sum_t w_t * (h_t - mu)^2)``; returns ``[mu; sigma]``.
-    The seed writes the weighting as an element-wise product, so the attention is per channel
-    (``W`` is ``dim x dim``), as in ECAPA-TDNN's channel-dependent pooling.
-
-    Example::
-
-        >>> pool = AttentiveStatsPooling(6)
-        >>> h = torch.randn(2, 5, 6)
-        >>> pool(h, torch.tensor([5, 3])).shape
-        torch.Size([2, 12])
-    """
-
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.attention = nn.Linear(dim, dim)
-        self.eps = eps
-
-    def forward(self, h: Tensor, frame_lengths: Tensor) -> Tensor:
-        mask = valid_mask(frame_lengths.to(h.device), h.shape[1])[:, :, None]  # [B, T, 1]
-        # Softmax and moments in float32: under fp16 autocast exp/variance lose too much.
-        with torch.autocast(device_type=h.device.type, enabled=False):
-            h = h.float()
-            alpha = torch.tanh(self.attention(h)).masked_fill(~mask, float("-inf"))
-            w = torch.softmax(alpha, dim=1)
-            mu = (w * h).sum(dim=1)
-            var = (w * (h - mu[:, None, :]) ** 2).sum(dim=1)
-            return torch.cat([mu, torch.sqrt(var.clamp(min=self.eps))], dim=-1)
 
 
 class SECNNBiGRUEncoder(nn.Module):
@@ -222,9 +190,7 @@ class SECNNBiGRU(SpeakerEmbeddingModule):
     """SE-CNN-BiGRU speaker embeddings with attentive statistics pooling and AAM softmax (seed 002).
 
     Arguments:
-        num_speakers, sample_rate, frontend, speaker_names, lr, weight_decay, warmup_epochs,
-        init_from: see :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule`. The seed's input is
-            ``logmel64`` (64 log-mel bands, 50-8000 Hz, -80 dB floor; §2.2).
+        frontend: the seed's input is ``logmel64`` (64 log-mel bands, 50-8000 Hz, -80 dB floor; §2.2).
         channels, hidden, gru_layers, gru_dropout, mc_dropout, projection_dim, embedding_dim,
         se_reduction: see :class:`SECNNBiGRUEncoder` (defaults: the seed's sizes).
         margin, scale: AAM softmax (§3.3: m = 0.25 rad, s = 30).
@@ -234,6 +200,8 @@ class SECNNBiGRU(SpeakerEmbeddingModule):
             ``augment``.
         t_max_epochs: the seed's CosineAnnealingLR period in epochs (§4.1: 50); ``null`` uses the
             base class's schedule (cosine to zero at the end of training).
+        **kwargs: ``num_speakers``, ``sample_rate``, ``speaker_names``, ``lr``, ``weight_decay``,
+            ``warmup_epochs``, ``init_from``: see :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule`.
 
     The seed's optimiser is AdamW (lr 1e-3, weight decay 1e-4) with the learning rate annealed by
     a cosine over ``t_max_epochs`` epochs (stepped per batch, so it is smooth).
@@ -249,10 +217,7 @@ class SECNNBiGRU(SpeakerEmbeddingModule):
 
     def __init__(
         self,
-        num_speakers: int = 0,
-        sample_rate: int = 16000,
         frontend: str | dict = "logmel64",
-        speaker_names: list[str] | None = None,
         channels: list[int] = (32, 64, 128),
         hidden: int = 256,
         gru_layers: int = 2,
@@ -265,15 +230,9 @@ class SECNNBiGRU(SpeakerEmbeddingModule):
         scale: float = 30.0,
         spec_augment: bool | dict | None = None,
         t_max_epochs: float | None = 50,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        warmup_epochs: float = 0.0,
-        init_from: str | None = None,
+        **kwargs,
     ):
-        super().__init__(num_speakers=num_speakers, sample_rate=sample_rate, frontend=frontend,
-                         speaker_names=speaker_names, lr=lr, weight_decay=weight_decay,
-                         warmup_epochs=warmup_epochs, init_from=init_from)
-        self.save_hyperparameters()
+        super().__init__(frontend=frontend, **kwargs)
         if self.frontend.dim is None:
             raise ValueError("SECNNBiGRU needs a spectral frontend (logmel64 in the seed), not raw waveforms")
         self.embedding_dim = int(embedding_dim)

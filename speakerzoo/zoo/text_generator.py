@@ -42,41 +42,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-__all__ = ["CharVocab", "CharLSTM", "TextGenerator", "text_windows", "ARCHITECTURES"]
+from speakerzoo.zoo.vocabulary import CharVocabulary
+
+__all__ = ["CharLSTM", "TextGenerator", "text_windows", "ARCHITECTURES"]
 
 ARCHITECTURES = ("lstm", "gpt2")
-
-
-class CharVocab:
-    """Characters <-> ids: the sorted unique characters of ``alphabet``, always with ``"\\n"``
-    (the line break that ends every frame and starts sampling)."""
-
-    def __init__(self, alphabet: str):
-        self.alphabet = "".join(sorted(set(alphabet) | {"\n"}))
-        self._index = {c: i for i, c in enumerate(self.alphabet)}
-
-    @classmethod
-    def from_text(cls, text: str) -> "CharVocab":
-        """The vocabulary of every character in ``text`` (and ``"\\n"``)."""
-        return cls(text)
-
-    def encode(self, text: str) -> Tensor:
-        """1-D LongTensor of the ids of ``text``; ValueError naming the first unknown character."""
-        try:
-            return torch.tensor([self._index[c] for c in text], dtype=torch.long)
-        except KeyError as err:
-            raise ValueError(f"character {err.args[0]!r} is not in the vocabulary {self.alphabet!r}") from None
-
-    def decode(self, ids) -> str:
-        """The text of a sequence (or 1-D tensor) of ids."""
-        ids = ids.tolist() if isinstance(ids, Tensor) else ids
-        return "".join(self.alphabet[int(i)] for i in ids)
-
-    def __len__(self) -> int:
-        return len(self.alphabet)
-
-    def __repr__(self) -> str:
-        return f"CharVocab({self.alphabet!r})"
 
 
 class CharLSTM(nn.Module):
@@ -156,7 +126,7 @@ class TextGenerator(L.LightningModule):
                  window: int | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.vocab: CharVocab | None = None
+        self.vocab: CharVocabulary | None = None
         self.tokenizer = None
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -166,7 +136,7 @@ class TextGenerator(L.LightningModule):
         if not alphabet:
             raise ValueError(f"architecture {architecture!r} on characters needs the alphabet (the characters "
                              "of the training text, e.g. alphabet=text)")
-        self.vocab = CharVocab(alphabet)
+        self.vocab = CharVocabulary.from_text(alphabet)
         if architecture == "lstm":
             self.model = CharLSTM(len(self.vocab), units=lstm_units, layers=lstm_layers, dropout=dropout)
             return

@@ -23,12 +23,13 @@ from torchmetrics.text import WordErrorRate
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from speakerzoo.features import valid_mask
-from speakerzoo.zoo.base import SpeakerEmbeddingModule, local_weights_dir
-from speakerzoo.zoo.ctc import LIBRISPEECH_CHARACTERS, CharVocabulary, greedy_ctc
-from speakerzoo.zoo.deep_speaker import masked_mean
-from speakerzoo.zoo.ecapa import relative_lengths
+from speakerzoo.zoo.base import SpeakerEmbeddingModule
+from speakerzoo.zoo.checkpoint import local_weights_dir
+from speakerzoo.zoo.ctc import greedy_ctc
 from speakerzoo.zoo.heads import AAMSoftmax
+from speakerzoo.zoo.pooling import masked_mean, relative_lengths
 from speakerzoo.zoo.schedules import tri_stage
+from speakerzoo.zoo.vocabulary import LIBRISPEECH_CHARACTERS, CharVocabulary
 
 POOLINGS = ("mean", "first", "ecapa")
 #: Config entries that describe a saved file rather than the network.
@@ -50,9 +51,6 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
     """wav2vec2 with a CTC speech head and a speaker head; one or both tasks train.
 
     Arguments:
-        num_speakers, sample_rate, speaker_names, init_from: see
-            :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule` (``num_speakers=0``: no speaker
-            classifier, e.g. single-task speech recognition; embeddings still work).
         frontend: raw audio (wav2vec2 reads 16 kHz waveforms): ``waveform_meanvar``, zero mean and
             unit variance per utterance as wav2vec2's feature extractor does for the BASE models,
             or ``waveform`` as it is.
@@ -81,6 +79,10 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
         warmup, hold, init_lr_scale, final_lr_scale: the tri-stage schedule over the whole run
             (:func:`~speakerzoo.zoo.schedules.tri_stage`; seed: 10 % warm-up, 40 % constant,
             50 % exponential decay).
+        **kwargs: ``num_speakers``, ``sample_rate``, ``speaker_names``, ``init_from``: see
+            :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule` (``num_speakers=0``: no speaker
+            classifier, e.g. single-task speech recognition; embeddings still work). No
+            ``warmup_epochs``: ``warmup`` is the tri-stage schedule's.
 
     LayerDrop is applied here, not by transformers: the configuration's ``layerdrop`` is
     read and set to 0 inside the network, because transformers' LayerDrop leaves skipped layers
@@ -108,10 +110,7 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
 
     def __init__(
         self,
-        num_speakers: int = 0,
-        sample_rate: int = 16000,
         frontend: str | dict = "waveform_meanvar",
-        speaker_names: list[str] | None = None,
         vocabulary: str = LIBRISPEECH_CHARACTERS,
         pretrained: str | None = None,
         config: dict | None = None,
@@ -129,11 +128,11 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
         hold: float = 0.4,
         init_lr_scale: float = 0.01,
         final_lr_scale: float = 0.05,
-        init_from: str | None = None,
+        **kwargs,
     ):
-        super().__init__(num_speakers=num_speakers, sample_rate=sample_rate, frontend=frontend,
-                         speaker_names=speaker_names, lr=lr, weight_decay=weight_decay, init_from=init_from)
-        self.save_hyperparameters()
+        # Adam with the tri-stage schedule: no warmup_epochs argument.
+        super().__init__(frontend=frontend, lr=lr, weight_decay=weight_decay, warmup_epochs=0.0, **kwargs)
+        self.save_hyperparameters(ignore="warmup_epochs")
         if self.frontend.dim is not None:
             raise ValueError("Wav2Vec2MultiTask reads raw audio: set frontend: waveform_meanvar (or waveform)")
         if pooling not in POOLINGS:
@@ -284,7 +283,7 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
 
     def ctc_loss(self, hidden: HiddenStates, transcripts: list[str]) -> Tensor:
         """Mean CTC loss (per target character), always computed in float32 (fp16 CTC goes NaN)."""
-        targets, target_lengths = self.vocabulary.encode(transcripts)
+        targets, target_lengths = self.vocabulary.encode_transcripts(transcripts)
         logits = self.ctc_logits(hidden.last)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
@@ -352,7 +351,7 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
 
     def _evaluate(self, part: str, batch: dict) -> dict[str, Tensor] | None:
         if "transcripts" not in batch:
-            return self._collect(part, batch)
+            return self.collect_embeddings(part, batch)
         hypotheses = self.transcribe(batch["waveforms"], batch["lengths"])
         self.wer[part].update(hypotheses, [self.vocabulary.normalize(t) for t in batch["transcripts"]])
         self._wer_seen.add(part)
@@ -365,8 +364,10 @@ class Wav2Vec2MultiTask(SpeakerEmbeddingModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor] | None:
         return self._evaluate("test", batch)
 
-    def _score(self, part: str) -> dict[str, Tensor]:
-        values = super()._score(part) if self._collected.get(part, ([], []))[0] else {}
+    def score_evaluation(self, part: str) -> dict[str, Tensor]:
+        """The trial metrics of the speaker batches (if any), ``{part}/wer`` of the speech batches
+        (if any) and ``{part}/selection``."""
+        values = super().score_evaluation(part) if self.has_collected(part) else {}
         if part in self._wer_seen:
             self._wer_seen.discard(part)
             values["wer"] = self.wer[part].compute()

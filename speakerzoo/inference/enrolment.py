@@ -1,30 +1,22 @@
-"""Enrolment and file embedding shared by ``speakerzoo verify`` and ``speakerzoo identify``.
+"""Enrolling speakers and embedding whole audio files for verification and identification (middle floor).
 
-Speakers are enrolled from any mix of
-
-* ``--enrol NAME=FILE[,FILE...]`` (repeatable; a name given twice collects the files of both);
-* ``--enrol-dir DIR``: one sub-folder per speaker, ``DIR/<speaker>/**/*.wav`` (as ``speakerzoo embed``
-  reads folders);
-* ``--enrol-embeddings FILE.h5``: an embeddings file written by ``speakerzoo embed`` with the
-  same checkpoint, rows grouped by its ``speaker`` column.
-
-Each enrolment file is embedded like a test file (whole, or from segments with
-``--segment-seconds``; never with MC dropout) and a speaker's embedding is the mean of its
-length-normalised utterance embeddings, normalised again
-(:meth:`~speakerzoo.zoo.uncertainty.SpeakerBank.from_utterances`).
+Speakers are enrolled (:func:`enrol_speakers`) from any mix of named audio files, folders with
+one sub-folder per speaker (``DIR/<speaker>/**/*.wav``, as ``speakerzoo embed`` reads folders) and
+embeddings files written by ``speakerzoo embed`` with the same checkpoint (rows grouped by their
+``speaker`` column). Each enrolment file is embedded like a test file (whole, or from segments;
+never with MC dropout) and a speaker's embedding is the mean of its length-normalised utterance
+embeddings, normalised again (:meth:`~speakerzoo.inference.bank.SpeakerBank.from_utterances`).
 
 Audio is decoded by :func:`speakerzoo.audio.load_audio`: any rate, mono or stereo, mixed to
 mono and resampled to the model's rate, exactly as ``speakerzoo prepare`` and ``speakerzoo
 embed`` do. Without MC dropout and segments, a file's embedding is bitwise the one
-``speakerzoo embed`` writes for it (the same :func:`~speakerzoo.commands.embed.embed_waveforms`).
+``speakerzoo embed`` writes for it (the same :func:`~speakerzoo.inference.engine.embed_waveforms`).
 Every problem is an :class:`EnrolError` whose message names the file and the fix.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
 import sys
 from collections.abc import Iterator, Sequence
@@ -36,49 +28,28 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from speakerzoo.argtypes import non_negative_int, parse_or_exit_code, positive_float
 from speakerzoo.audio import AUDIO_EXTENSIONS, AudioError
-from speakerzoo.commands.embed import (
-    WINDOW_SAMPLES,
-    EmbeddingFile,
-    Item,
-    device_from_name,
-    load_item,
-    load_model as load_checkpoint_model,
-    items_from_folder,
-)
-from speakerzoo.datamodules.corpus import CorpusError
 from speakerzoo.datamodules.sources import SourceError
-from speakerzoo.inference.engine import EmbeddingError, embed_waveforms, min_samples
-from speakerzoo.zoo.registry import RegistryError
+from speakerzoo.embeddings import EmbeddingError, EmbeddingFile
+from speakerzoo.inference.bank import SpeakerBank
+from speakerzoo.inference.engine import embed_waveforms, min_samples
+from speakerzoo.inference.file_embedding import WINDOW_SAMPLES, load_item
+from speakerzoo.inference.inputs import Item, items_from_folder
+from speakerzoo.inference.loading import model_class_path
+from speakerzoo.inference.mc_dropout import require_dropout
+from speakerzoo.inference.segments import RecordingEmbedding, aggregate, segment_embeddings, segments
 from speakerzoo.zoo.registry import sha256_of
-from speakerzoo.zoo.uncertainty import (
-    RecordingEmbedding,
-    SpeakerBank,
-    aggregate,
-    embed_segments,
-    require_dropout,
-    segments,
-)
 
 __all__ = [
-    "NO_THRESHOLD_HINT",
     "EnrolError",
-    "Embedder",
     "Enrolment",
-    "add_enrol_arguments",
-    "add_inference_arguments",
-    "add_model_arguments",
+    "FileEmbedder",
     "check_mc",
-    "enrol",
-    "format_score",
-    "has_enrolment",
-    "load_model",
-    "model_class_path",
-    "parse_enrol",
+    "embedding_file_rows",
+    "enrol_speakers",
+    "folder_speakers",
     "resolve_threshold",
     "seeded",
-    "segments_note",
 ]
 
 #: Files at which a progress bar appears (fewer finish too quickly to need one).
@@ -86,87 +57,9 @@ PROGRESS_MIN_FILES = 10
 #: Files embedded together (equal lengths batched) between progress updates.
 _FLUSH_FILES = 32
 
-NO_THRESHOLD_HINT = ("no decision: the checkpoint stores no EER threshold; give --threshold T (e.g. the EER "
-                     "threshold `speakerzoo score` reports on trials embedded with this checkpoint)")
-
 
 class EnrolError(RuntimeError):
     """Enrolment or embedding of files cannot go on; the message names the file and the fix."""
-
-
-# --------------------------------------------------------------------------- arguments
-
-
-def parse_enrol(text: str) -> tuple[str, list[str]]:
-    """``NAME=FILE[,FILE...]`` -> ``(name, files)`` (an argparse ``type=``).
-
-    Example::
-
-        >>> parse_enrol("alice=a1.wav,a2.wav")
-        ('alice', ['a1.wav', 'a2.wav'])
-    """
-    name, sep, files = text.partition("=")
-    name = name.strip()
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE[,FILE...], e.g. alice=a1.wav,a2.wav; got {text!r}")
-    paths = [f.strip() for f in files.split(",") if f.strip()]
-    if not paths:
-        raise argparse.ArgumentTypeError(f"speaker {name!r} has no files: give --enrol {name}=FILE[,FILE...]")
-    return name, paths
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--checkpoint`` and ``--device``."""
-    parser.add_argument("--checkpoint", "-c", required=True, metavar="CKPT",
-                        help="checkpoint file (or registered checkpoint name) of an embedding model")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
-
-
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """MC dropout, segments and output options that verify and identify share."""
-    emb = parser.add_argument_group("uncertainty and long recordings")
-    emb.add_argument("--mc-passes", type=non_negative_int, default=0, metavar="K",
-                     help="score each test file with K Monte-Carlo dropout passes and report score ± std "
-                          "(needs a model trained with dropout; default 0: one deterministic pass)")
-    emb.add_argument("--seed", type=int, default=0,
-                     help="torch seed of the MC dropout masks, so that reruns report the same numbers (default: 0)")
-    emb.add_argument("--segment-seconds", type=positive_float, metavar="S",
-                     help="embed every file from segments of S seconds (the last one ends at the end of the file) "
-                          "and average them: for long recordings (default: each file whole)")
-    emb.add_argument("--segment-hop", type=positive_float, metavar="S",
-                     help="start a segment every S seconds, at most --segment-seconds (default: no overlap)")
-    out = parser.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="print the results as JSON")
-    out.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-
-
-def add_enrol_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--enrol``, ``--enrol-dir``, ``--enrol-embeddings`` (any mix; speakers of one name are merged)."""
-    group = parser.add_argument_group("enrolment (any mix; files of one speaker are averaged)")
-    group.add_argument("--enrol", action="append", type=parse_enrol, default=[], metavar="NAME=FILE[,FILE...]",
-                       help="enrol speaker NAME from these audio files (repeatable)")
-    group.add_argument("--enrol-dir", type=Path, action="append", default=[], metavar="DIR",
-                       help="enrol every sub-folder of DIR as a speaker (DIR/<speaker>/*.wav)")
-    group.add_argument("--enrol-embeddings", type=Path, action="append", default=[], metavar="FILE.h5",
-                       help="enrol the speakers of an embeddings file from `speakerzoo embed` made with the same checkpoint")
-
-
-def has_enrolment(args: argparse.Namespace) -> bool:
-    return bool(args.enrol or args.enrol_dir or args.enrol_embeddings)
-
-
-# --------------------------------------------------------------------------- model
-
-
-def model_class_path(model: torch.nn.Module) -> str:
-    """The ``model_class`` attribute ``speakerzoo embed`` writes for ``model``."""
-    return f"{type(model).__module__}.{type(model).__qualname__}"
-
-
-def load_model(checkpoint: str, device: str = "auto") -> tuple[Any, Path]:
-    """The model (eval mode, on ``device``) of a checkpoint file or registered name, and its file."""
-    model = load_checkpoint_model(checkpoint, device_from_name(device))
-    return model, model.checkpoint_path
 
 
 def resolve_threshold(given: float | None, model: Any) -> tuple[float | None, str]:
@@ -200,16 +93,13 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-# --------------------------------------------------------------------------- embedding files
-
-
 @dataclass
-class Embedder:
+class FileEmbedder:
     """Embeds audio files with ``model``, whole or from segments, with or without MC dropout.
 
     Arguments:
         model: a :class:`~speakerzoo.zoo.base.SpeakerEmbeddingModule` in eval mode.
-        segment_seconds, segment_hop: cut files into segments (see :func:`~speakerzoo.zoo.uncertainty.segments`).
+        segment_seconds, segment_hop: cut files into segments (see :func:`~speakerzoo.inference.segments.segments`).
         progress: show a progress bar for :data:`PROGRESS_MIN_FILES` files or more.
         batch_size: segments of equal length per forward pass.
     """
@@ -263,9 +153,9 @@ class Embedder:
 
     def embed_files(self, paths: Sequence[str | Path], passes: int = 0, roles: Sequence[str] | None = None,
                     desc: str = "embedding") -> list[RecordingEmbedding]:
-        """One :class:`~speakerzoo.zoo.uncertainty.RecordingEmbedding` per file, in order.
+        """One :class:`~speakerzoo.inference.segments.RecordingEmbedding` per file, in order.
 
-        ``passes=0``: one eval-mode pass through :func:`~speakerzoo.commands.embed.embed_waveforms`
+        ``passes=0``: one eval-mode pass through :func:`~speakerzoo.inference.engine.embed_waveforms`
         (unpadded, batch-invariant: a whole file's embedding is bitwise ``speakerzoo embed``'s);
         ``passes=K``: ``K`` MC-dropout passes per file. ``roles`` say in error messages what each
         file was for (default ``"test file"``).
@@ -281,9 +171,9 @@ class Embedder:
             nonlocal pending, pending_samples
             if not pending:
                 return
-            if passes:
+            if passes:  # one file after another, so that the seed fixes each file's masks
                 for i, segs in pending:
-                    out[i] = aggregate(embed_segments(self.model, segs, passes, self.batch_size))
+                    out[i] = aggregate(segment_embeddings(self.model, segs, passes, self.batch_size))
                     bar.update(1)
             else:
                 emb = embed_waveforms(self.model, [s for _, segs in pending for s in segs], batch_size=self.batch_size)
@@ -307,27 +197,50 @@ class Embedder:
         return out  # type: ignore[return-value]
 
 
-# --------------------------------------------------------------------------- enrolment
-
-
 @dataclass
 class Enrolment:
-    """The enrolled speakers.
+    """Enrolled speakers.
 
     Attributes:
-        bank: one centroid per speaker (:class:`~speakerzoo.zoo.uncertainty.SpeakerBank`), in the
-            order speakers were first named.
+        embeddings: speaker -> its utterances' embeddings, in the order speakers were first named.
         utterances: speaker -> what was enrolled (audio paths, or ``FILE.h5:utt_id`` rows).
+        bank: one centroid per speaker (:class:`~speakerzoo.inference.bank.SpeakerBank`), built
+            from ``embeddings``.
     """
 
-    bank: SpeakerBank
-    utterances: dict[str, list[str]]
+    embeddings: dict[str, list[Tensor]] = field(default_factory=dict)
+    utterances: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, name: str, embedding: Tensor, source: str) -> None:
+        """One more utterance of speaker ``name`` (a new speaker is appended)."""
+        self.embeddings.setdefault(str(name), []).append(torch.as_tensor(embedding).detach().float().cpu())
+        self.utterances.setdefault(str(name), []).append(str(source))
+
+    def update(self, other: Enrolment) -> None:
+        """Add every utterance of ``other``."""
+        for name, vectors in other.embeddings.items():
+            for vector, source in zip(vectors, other.utterances[name]):
+                self.add(name, vector, source)
+
+    def remove(self, name: str) -> None:
+        """Forget speaker ``name`` (``KeyError`` naming the enrolled speakers when it is not one)."""
+        if name not in self.embeddings:
+            raise KeyError(f"unknown speaker {name!r}; enrolled: {', '.join(self.embeddings) or 'none'}")
+        del self.embeddings[name], self.utterances[name]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.embeddings)
+
+    @property
+    def bank(self) -> SpeakerBank:
+        return SpeakerBank.from_utterances({name: torch.stack(v) for name, v in self.embeddings.items()})
 
     def counts(self) -> dict[str, int]:
-        return {name: len(self.utterances[name]) for name in self.bank.names}
+        return {name: len(sources) for name, sources in self.utterances.items()}
 
 
-def _folder_speakers(root: Path) -> list[tuple[str, str]]:
+def folder_speakers(root: Path) -> list[tuple[str, str]]:
     """``(speaker, file)`` pairs of a folder with one sub-folder per speaker."""
     layout = f"--enrol-dir wants one sub-folder per speaker ({root}/<speaker>/*.wav)"
     root = root.expanduser()
@@ -351,7 +264,7 @@ def _folder_speakers(root: Path) -> list[tuple[str, str]]:
     return [(it.speaker, it.path) for it in items]
 
 
-def _file_rows(path: Path, model: Any, checkpoint: Path) -> list[tuple[str, Tensor, str]]:
+def embedding_file_rows(path: Path, model: Any, checkpoint: Path) -> list[tuple[str, Tensor, str]]:
     """``(speaker, embedding, FILE:utt_id)`` of the named rows of an embeddings file made with ``checkpoint``."""
     try:
         emb = EmbeddingFile(path)
@@ -381,18 +294,28 @@ def _file_rows(path: Path, model: Any, checkpoint: Path) -> list[tuple[str, Tens
     return rows
 
 
-def enrol(args: argparse.Namespace, embedder: Embedder, checkpoint: Path) -> Enrolment | None:
-    """The speakers of ``--enrol``, ``--enrol-dir`` and ``--enrol-embeddings`` (``None`` when none was given)."""
-    if not has_enrolment(args):
-        return None
-    files: list[tuple[str, str]] = []
-    for name, paths in args.enrol:
-        files += [(name, p) for p in paths]
-    for root in args.enrol_dir:
-        files += _folder_speakers(Path(root))
+def enrol_speakers(
+    embedder: FileEmbedder,
+    checkpoint: str | Path,
+    files: Sequence[tuple[str, Sequence[str | Path]]] = (),
+    folders: Sequence[str | Path] = (),
+    embedding_files: Sequence[str | Path] = (),
+) -> Enrolment:
+    """Enrol speakers from any mix of ``(name, audio files)`` pairs (a name given twice collects
+    the files of both), folders with one sub-folder per speaker and embeddings files made with
+    ``checkpoint``; each speaker's embedding is the normalised mean of its normalised utterance
+    embeddings (:meth:`~speakerzoo.inference.bank.SpeakerBank.from_utterances`)."""
+    named: list[tuple[str, str]] = []
+    for name, paths in files:
+        named += [(str(name), str(p)) for p in paths]
+    for root in folders:
+        named += folder_speakers(Path(root))
+    files = named
     rows: list[tuple[str, Tensor, str]] = []
-    for path in args.enrol_embeddings:
-        rows += _file_rows(Path(path), embedder.model, checkpoint)
+    for path in embedding_files:
+        rows += embedding_file_rows(Path(path), embedder.model, Path(checkpoint))
+    if not files and not rows:
+        raise EnrolError("no speakers to enrol: give audio files, a folder of speakers or an embeddings file")
     order: dict[str, None] = {}
     for name, _ in files:
         order.setdefault(name)
@@ -400,45 +323,9 @@ def enrol(args: argparse.Namespace, embedder: Embedder, checkpoint: Path) -> Enr
         order.setdefault(name)
     embedded = embedder.embed_files([p for _, p in files], passes=0, roles=[f"enrolment of speaker {n!r}" for n, _ in files],
                                     desc="enrolling")
-    per_speaker: dict[str, list[Tensor]] = {name: [] for name in order}
-    sources: dict[str, list[str]] = {name: [] for name in order}
+    enrolment = Enrolment({name: [] for name in order}, {name: [] for name in order})
     for (name, path), rec in zip(files, embedded):
-        per_speaker[name].append(rec.embedding)
-        sources[name].append(str(path))
+        enrolment.add(name, rec.embedding, path)
     for name, vector, where in rows:
-        per_speaker[name].append(vector.float())
-        sources[name].append(where)
-    bank = SpeakerBank.from_utterances({name: torch.stack(v) for name, v in per_speaker.items()})
-    return Enrolment(bank=bank, utterances=sources)
-
-
-def segments_note(count: int, seconds: float | None) -> str:
-    """``"  (3 segments of 1 s)"`` when files were cut into segments, else ``""``."""
-    if not seconds:
-        return ""
-    return f"  ({count} segment{'s' if count != 1 else ''} of {seconds:g} s)"
-
-
-def format_score(score: float, std: float, mc: bool, digits: int = 4) -> str:
-    """``0.8123`` or ``0.8123 ± 0.0101`` (with MC dropout)."""
-    return f"{score:.{digits}f}" + (f" ± {std:.{digits}f}" if mc else "")
-
-
-def run_command(name: str, argv: list[str] | None, build_parser, run, text) -> int:
-    """The ``main`` of ``speakerzoo verify``, ``identify`` and ``layers``: parse, ``run(args) -> result``, print
-    ``text(result)`` or JSON; returns the exit code (0 done, 2 error with the message on stderr,
-    130 interrupted)."""
-    args = parse_or_exit_code(build_parser(), argv)
-    if isinstance(args, int):
-        return args
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print(f"speakerzoo {name}: interrupted", file=sys.stderr)
-        return 130
-    except (EnrolError, EmbeddingError, SourceError, CorpusError, RegistryError, FileNotFoundError, ValueError,
-            OSError) as err:
-        print(f"speakerzoo {name}: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.json else text(result))
-    return 0
+        enrolment.add(name, vector, where)
+    return enrolment

@@ -146,15 +146,18 @@ def same_class(recorded: str, wanted: str) -> bool:
     )
 
 
-def run_lightning(argv: list[str] | None = None) -> None:
+def run_lightning(argv: list[str] | None = None, trainer_defaults: dict[str, Any] | None = None) -> SpeakerZooCLI:
     """LightningCLI on ``argv`` (``None``: ``sys.argv``, which keeps LightningCLI from warning
-    that it was given both)."""
-    SpeakerZooCLI(
+    that it was given both); the CLI object, whose ``trainer``, ``model`` and ``datamodule`` the
+    run used. ``trainer_defaults`` are LightningCLI's: callbacks given there are added to the
+    config's (``benchmarks/device_check.py`` adds its step meter this way)."""
+    return SpeakerZooCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=argv,
+        trainer_defaults=trainer_defaults,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": DESCRIPTION},
     )

@@ -38,7 +38,8 @@ DESCRIPTION = """speakerzoo: train, evaluate and use speaker recognition models.
 Subcommands: prepare (audio -> corpus file), chunk (corpus -> corpus of
 3/5/10 s chunks), synthesize (one speaker's synthetic
 MFCC frames from a char-LSTM or GPT-2), embed (audio -> embeddings file),
-score (trials -> EER, minDCF, DET curve), verify (same speaker or not),
+score (trials -> EER, minDCF, DET curve), calibrate (scores -> log-likelihood
+ratios), verify (same speaker or not),
 identify (who of the enrolled speakers), export (TorchScript / ONNX),
 layers (EER of every wav2vec2 layer),
 checkpoints (the registry): each has its own --help. fit, validate, test, predict
@@ -171,6 +172,7 @@ COMMANDS = {
     "layers": "speakerzoo.commands.layers",
     "embed": "speakerzoo.commands.embed",
     "score": "speakerzoo.commands.score",
+    "calibrate": "speakerzoo.commands.calibrate",
     "export": "speakerzoo.commands.export",
     "checkpoints": "speakerzoo.commands.checkpoints",
     "verify": "speakerzoo.commands.verify",

@@ -1,5 +1,6 @@
-"""DET-curve figures (ground floor): one drawing shared by ``speakerzoo score --det`` and the
-TensorBoard :class:`~speakerzoo.callbacks.VerificationPlots`.
+"""DET-curve and Bayes-error figures (ground floor): one DET drawing shared by ``speakerzoo score
+--det`` and the TensorBoard :class:`~speakerzoo.callbacks.VerificationPlots`, and the Bayes error
+plot of calibrated scores (``speakerzoo score --calibration ... --plot``).
 
 Figures are built on matplotlib's ``Figure`` with an Agg canvas, never through ``pyplot``, so no
 GUI backend is touched and nothing is kept alive by pyplot's figure registry.
@@ -13,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from speakerzoo.scoring import det_plot_data
+from speakerzoo.scoring import bayes_error_curve, det_plot_data
 
 DET_TICKS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 
@@ -79,6 +80,47 @@ def det_figure(scores: Tensor, labels: Tensor, marks: Sequence[Mark] = (), title
     ax.grid(True, color="0.85", lw=0.6)
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def bayes_error_figure(llr: Tensor, labels: Tensor, title: str = "", marks: Sequence[float] = (), dpi: int = 100) -> Any:
+    """A ``matplotlib.figure.Figure`` of the Bayes error plot of calibrated scores: normalised DCF
+    against the prior log-odds from -7 to 7 (:func:`speakerzoo.scoring.bayes_error_curve`): the
+    actual cost of the LLRs' own decisions, the minimum one, and 1 (a system with no information).
+    Where the two curves part, the calibration is off for those priors. ``marks``: priors
+    (``p_target`` values) drawn as vertical lines.
+
+    Example::
+
+        >>> llr = torch.tensor([2.0, 0.5, 1.0, -1.0, -0.2, -2.0], dtype=torch.float64)
+        >>> fig = bayes_error_figure(llr, torch.tensor([1, 1, 0, 0, 1, 0]), marks=[0.01])
+        >>> fig.axes[0].get_xlabel()
+        'prior log-odds log(p_target / (1 - p_target))'
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    eta = torch.linspace(-7, 7, 141, dtype=torch.float64)
+    actual, minimum = bayes_error_curve(torch.as_tensor(llr).detach().cpu(), torch.as_tensor(labels).detach().cpu(), eta)
+    fig = Figure(figsize=(6, 4.2), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(eta.numpy(), actual.numpy(), color="tab:red", label="actual DCF (calibrated scores)")
+    ax.plot(eta.numpy(), minimum.numpy(), color="tab:blue", linestyle="--", label="minimum DCF")
+    ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle=":", label="no information")
+    for p in marks:
+        x = float(torch.logit(torch.tensor(float(p), dtype=torch.float64)))
+        ax.axvline(x, color="0.3", linewidth=0.8)
+        ax.annotate(f"p_target {p:g}", (x, 1.12), rotation=90, fontsize=7, ha="right", va="top")
+    ax.set_xlabel("prior log-odds log(p_target / (1 - p_target))")
+    ax.set_ylabel("normalised DCF (C_miss = C_fa = 1)")
+    ax.set_ylim(0, 1.2)
+    ax.set_xlim(-7, 7)
+    ax.grid(True, linewidth=0.3)
+    ax.legend(fontsize=8, loc="lower left")  # the curves rise to the edges; the bottom corners stay free
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -257,6 +257,134 @@ def det_plot_data(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return torch.special.ndtri(p_fa), torch.special.ndtri(p_miss)
 
 
+# --------------------------------------------------------------------------- calibration metrics
+#
+# Scores as log-likelihood ratios (N. Brümmer, J. du Preez, "Application-independent evaluation of
+# speaker detection", Computer Speech and Language 20, 2006): Cllr, its minimum over monotone
+# maps of the scores (PAV), and the actual detection cost of the Bayes decisions an LLR implies.
+# Written here because torchmetrics and speechbrain have none of them.
+
+
+def bayes_threshold(p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """The LLR above which accepting costs less than rejecting, for a prior ``p_target`` and the
+    costs of a miss and a false alarm: ``log(c_fa * (1 - p_target) / (c_miss * p_target))``."""
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must be in (0, 1), not {p_target}")
+    if c_miss <= 0 or c_fa <= 0:
+        raise ValueError(f"the costs must be positive, got c_miss={c_miss}, c_fa={c_fa}")
+    return math.log(c_fa * (1.0 - p_target) / (c_miss * p_target))
+
+
+def cllr(llr: Tensor, labels: Tensor) -> float:
+    """Log-likelihood-ratio cost in bits: ``(mean_targets log2(1 + e^-llr) + mean_nontargets
+    log2(1 + e^llr)) / 2``. 0 is perfect; 1 is what an LLR of 0 for every trial costs (no
+    information); above 1, the LLRs mislead.
+
+    Example::
+
+        >>> cllr(torch.zeros(4, dtype=torch.float64), torch.tensor([1, 0, 1, 0]))
+        1.0
+    """
+    llr, labels = _check_binary(llr, labels)
+    llr = llr.double()
+    target = F.softplus(-llr[labels]).mean()  # softplus(x) = log(1 + e^x), exact at large |x|
+    nontarget = F.softplus(llr[~labels]).mean()
+    return float((target + nontarget) / (2 * math.log(2)))
+
+
+def pav(scores: Tensor, labels: Tensor) -> Tensor:
+    """The posterior probability of a target, per trial, that the pool-adjacent-violators
+    algorithm fits to the labels: the non-decreasing function of the score closest to the labels
+    in squared error (isotonic regression), equal scores pooled. float64, in the input order."""
+    scores, labels = _check_binary(scores, labels)
+    s = scores.detach().double().cpu().numpy()
+    y = labels.cpu().numpy().astype(np.float64)
+    order = np.argsort(s, kind="stable")
+    s, y = s[order], y[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # runs of equal scores start a block each
+    sums = list(np.add.reduceat(y, starts))
+    counts = list(np.diff(np.r_[starts, len(s)]).astype(np.float64))
+    block_sum: list[float] = []
+    block_count: list[float] = []
+    block_runs: list[int] = []
+    for total, n in zip(sums, counts):
+        runs = 1
+        # merge while the block before has a higher mean: the fit must not decrease
+        while block_sum and block_sum[-1] * n > total * block_count[-1]:
+            total += block_sum.pop()
+            n += block_count.pop()
+            runs += block_runs.pop()
+        block_sum.append(total)
+        block_count.append(n)
+        block_runs.append(runs)
+    run_means = np.repeat(np.array(block_sum) / np.array(block_count), block_runs)
+    sorted_fit = np.repeat(run_means, np.diff(np.r_[starts, len(s)]))
+    fit = np.empty_like(sorted_fit)
+    fit[order] = sorted_fit
+    return torch.from_numpy(fit)
+
+
+def pav_llr(scores: Tensor, labels: Tensor) -> Tensor:
+    """The LLRs of the best monotone map of ``scores`` (:func:`pav`'s posteriors divided by the
+    prior of the trial list itself); ``±inf`` where a block holds only one class."""
+    scores, labels = _check_binary(scores, labels)
+    prior = float(labels.double().mean())
+    return torch.special.logit(pav(scores, labels)) - math.log(prior / (1 - prior))
+
+
+def min_cllr(scores: Tensor, labels: Tensor) -> float:
+    """The Cllr that a perfect calibration of ``scores`` would reach (:func:`cllr` of
+    :func:`pav_llr`): what the scores can tell, whatever their scale. ``cllr(llr) - min_cllr(llr)``
+    is the calibration loss.
+
+    Example::
+
+        >>> s = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+        >>> min_cllr(s, torch.tensor([0, 0, 1, 1]))  # perfectly separated
+        0.0
+    """
+    return cllr(pav_llr(scores, labels), labels)
+
+
+def act_dcf(llr: Tensor, labels: Tensor, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """Normalised actual detection cost of accepting ``llr >= bayes_threshold(p_target, c_miss, c_fa)``:
+    the cost of the decisions the LLRs make themselves, normalised as :func:`min_dcf` (which
+    chooses the best threshold after the fact, so ``act_dcf >= min_dcf``)."""
+    llr, labels = _check_binary(llr, labels)
+    accept = llr >= bayes_threshold(p_target, c_miss, c_fa)
+    p_miss = float((~accept[labels]).double().mean())
+    p_fa = float(accept[~labels].double().mean())
+    return (c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa) / min(c_miss * p_target, c_fa * (1 - p_target))
+
+
+def bayes_error_curve(llr: Tensor, labels: Tensor, prior_log_odds: Tensor) -> tuple[Tensor, Tensor]:
+    """Normalised DCF (``c_miss = c_fa = 1``) over a range of priors, as a Bayes error plot shows it
+    (Brümmer and du Preez 2006): at each prior log-odds ``eta``, the actual cost of accepting
+    ``llr >= -eta`` and the minimum cost, that of the best monotone recalibration
+    (:func:`pav_llr`) decided the same way. float64, one value per ``prior_log_odds``.
+
+    Example::
+
+        >>> llr = torch.tensor([2.0, 1.0, -1.0, -2.0], dtype=torch.float64)
+        >>> actual, minimum = bayes_error_curve(llr, torch.tensor([1, 1, 0, 0]), torch.tensor([0.0]))
+        >>> float(actual[0]), float(minimum[0])
+        (0.0, 0.0)
+    """
+    llr, labels = _check_binary(llr, labels)
+    eta = torch.as_tensor(prior_log_odds, dtype=torch.float64).flatten()
+    prior = torch.sigmoid(eta)
+
+    def cost(values: Tensor) -> Tensor:
+        target = torch.sort(values[labels].double()).values
+        nontarget = torch.sort(values[~labels].double()).values
+        threshold = (-eta).contiguous()
+        p_miss = torch.searchsorted(target, threshold, side="left").double() / target.numel()  # llr < -eta
+        p_fa = 1 - torch.searchsorted(nontarget, threshold, side="left").double() / nontarget.numel()  # llr >= -eta
+        return (prior * p_miss + (1 - prior) * p_fa) / torch.minimum(prior, 1 - prior)
+
+    return cost(llr), cost(pav_llr(llr, labels))
+
+
 # --------------------------------------------------------------------------- score normalisation
 
 

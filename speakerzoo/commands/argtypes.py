@@ -30,6 +30,22 @@ positive_float = number_at_least(float, 0, strict=True)
 non_negative_float = number_at_least(float, 0)
 
 
+def fraction(text: str) -> float:
+    """A fraction in ``[0, 1]`` (an argparse ``type=``)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1]: {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A probability strictly between 0 and 1, as a prior must be (an argparse ``type=``)."""
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1): {text}")
+    return value
+
+
 def parse_or_exit_code(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
     """The parsed ``argv``, or the exit code argparse stopped with: 0 after ``--help``, 2 after a
     usage error (already printed). Commands return the code from ``main`` instead of exiting,

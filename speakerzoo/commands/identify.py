@@ -28,6 +28,7 @@ from speakerzoo.commands.options import (
     add_enrol_arguments,
     add_inference_arguments,
     add_model_arguments,
+    llr_note,
     enrol_from_args,
     format_score,
     has_enrolment,
@@ -78,6 +79,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Identify as ``args`` say; the result as the JSON object ``--json`` prints
     (:meth:`~speakerzoo.inference.SpeakerRecognizer.identification_report`)."""
     enrolled = has_enrolment(args)
+    if args.closed_set and args.calibration is not None:
+        raise EnrolError("--calibration applies to cosine scores of enrolled speakers, not to --closed-set probabilities")
     if enrolled and args.closed_set:
         raise EnrolError("--closed-set ranks the checkpoint's training speakers; drop it to identify among the "
                          "enrolled speakers, or drop the --enrol options")
@@ -118,6 +121,7 @@ def _text(result: dict[str, Any]) -> str:
             row = f"  {c['rank']:>4}  {c['speaker']:<{width}}  {format_score(c['score'], c['score_std'], mc):<{score_width}}"
             if c["accepted"] is not None:
                 row += "  " + ("accept" if c["accepted"] else "reject")
+            row += llr_note(c, result["p_target"])
             lines.append(row.rstrip())
         if r["candidates"] and r["candidates"][0]["accepted"] is False:
             lines.append("  no enrolled speaker reaches the threshold: an unknown speaker?")

@@ -16,10 +16,11 @@ import argparse
 from pathlib import Path
 
 from speakerzoo.commands.argtypes import non_negative_int, positive_float
+from speakerzoo.commands.trial_options import add_cost_arguments
 from speakerzoo.inference.recognizer import SpeakerRecognizer
 
 __all__ = ["NO_THRESHOLD_HINT", "add_enrol_arguments", "add_inference_arguments", "add_model_arguments",
-           "enrol_from_args", "format_score", "has_enrolment", "parse_enrol", "recognizer_from_args",
+           "enrol_from_args", "format_score", "has_enrolment", "llr_note", "parse_enrol", "recognizer_from_args",
            "segments_note"]
 
 NO_THRESHOLD_HINT = ("no decision: the checkpoint stores no EER threshold; give --threshold T (e.g. the EER "
@@ -65,6 +66,12 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                           "and average them: for long recordings (default: each file whole)")
     emb.add_argument("--segment-hop", type=positive_float, metavar="S",
                      help="start a segment every S seconds, at most --segment-seconds (default: no overlap)")
+    cal = parser.add_argument_group("calibration")
+    cal.add_argument("--calibration", type=Path, metavar="CAL.json",
+                     help="a calibration of this checkpoint's scores from `speakerzoo calibrate`: report each score's "
+                          "log-likelihood ratio and posterior, and decide by the Bayes threshold for --p-target, "
+                          "--c-miss and --c-fa (--threshold, when given, still decides)")
+    add_cost_arguments(cal)
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the results as JSON")
     out.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -87,8 +94,11 @@ def has_enrolment(args: argparse.Namespace) -> bool:
 
 def recognizer_from_args(args: argparse.Namespace) -> SpeakerRecognizer:
     """The recognizer of ``--checkpoint`` on ``--device``, with the segment and progress options."""
-    return SpeakerRecognizer.from_pretrained(args.checkpoint, device=args.device, segment_seconds=args.segment_seconds,
-                                             segment_hop=args.segment_hop, progress=not args.quiet)
+    rec = SpeakerRecognizer.from_pretrained(args.checkpoint, device=args.device, segment_seconds=args.segment_seconds,
+                                            segment_hop=args.segment_hop, progress=not args.quiet)
+    if args.calibration is not None:
+        rec.use_calibration(args.calibration, args.p_target, args.c_miss, args.c_fa)
+    return rec
 
 
 def enrol_from_args(rec: SpeakerRecognizer, args: argparse.Namespace) -> None:
@@ -101,6 +111,13 @@ def segments_note(count: int, seconds: float | None) -> str:
     if not seconds:
         return ""
     return f"  ({count} segment{'s' if count != 1 else ''} of {seconds:g} s)"
+
+
+def llr_note(entry: dict, p_target: float) -> str:
+    """``"  LLR +2.31, P(same) 0.091"`` for a calibrated score, else ``""``."""
+    if "llr" not in entry:
+        return ""
+    return f"  LLR {entry['llr']:+.2f}, P(same) {entry['posterior']:.3f} at p_target {p_target:g}"
 
 
 def format_score(score: float, std: float, mc: bool, digits: int = 4) -> str:

@@ -42,8 +42,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from speakerzoo.commands.argtypes import number_at_least, positive_float
+from speakerzoo.commands.argtypes import fraction, number_at_least
 from speakerzoo.commands.common import run_command
+from speakerzoo.commands.trial_options import add_cost_arguments, add_trial_arguments, calibration_lines, scoring_options
 from speakerzoo.inference.score_files import check_cohort_options, score_embeddings, score_enrolment
 from speakerzoo.inference.trials import ScoreError
 
@@ -72,20 +73,6 @@ def _counts(text: str) -> list[int]:
     return sorted(set(values))
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1]: {text}")
-    return value
-
-
-def _prior(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1): {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speakerzoo score",
@@ -104,19 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("embeddings", type=Path, nargs="+", metavar="EMB.h5",
-                        help="embeddings file from `speakerzoo embed`; several (one per model, the same utterances) "
-                             "are combined by --fusion")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--corpus", type=Path, metavar="C.h5", help="score this corpus' trials")
-    source.add_argument("--trials", type=Path, metavar="FILE", help="score this text trial list")
-    parser.add_argument("--split", choices=("speaker", "utterance"), default="speaker",
-                        help="corpus trials: the split (default: speaker)")
-    parser.add_argument("--part", choices=("val", "test"), default="test", help="corpus trials: the part (default: test)")
-    fusion = parser.add_argument_group("system combination (several embeddings files)")
-    fusion.add_argument("--fusion", choices=("score", "embedding"),
-                        help="score: add each model's scores standardised over the trial list; embedding: add the "
-                             "length-normalised embeddings and normalise the sum (same embedding size needed)")
+    add_trial_arguments(parser, part="test")
     enrol = parser.add_argument_group("enrolment from several utterances (with --corpus)")
     enrol.add_argument("--enrol-utterances", type=_counts, metavar="N[,N...]",
                        help="instead of the corpus trials: EER and identification accuracy with every speaker "
@@ -125,23 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     enrol.add_argument("--negatives", type=number_at_least(int, 1), metavar="K",
                        help="other speakers each anchor is compared with (default: 99)")
     enrol.add_argument("--seed", type=int, help="seed of the anchors' enrolment sets and negatives (default: 0)")
-    norm = parser.add_argument_group("score normalisation")
-    norm.add_argument("--cohort", type=Path, metavar="COHORT.h5",
-                      help="embeddings of other speakers (e.g. the training part, same checkpoint)")
-    norm.add_argument("--cohort-speakers", action="store_true",
-                      help="use one mean embedding per cohort speaker instead of every cohort utterance (as wespeaker)")
-    norm.add_argument("--mean-norm", action="store_true", help="subtract the cohort mean embedding, re-normalise")
-    norm.add_argument("--asnorm", action="store_true", help="adaptive symmetric score normalisation (AS-norm1)")
-    norm.add_argument("--top-k", type=number_at_least(int, 2), default=200, metavar="K", help="AS-norm: top cohort scores kept (default: 200)")
     metrics = parser.add_argument_group("metrics")
-    metrics.add_argument("--p-target", type=_prior, default=0.01, help="minDCF prior of a target trial (default: 0.01)")
-    metrics.add_argument("--c-miss", type=positive_float, default=1.0, help="minDCF cost of a miss (default: 1)")
-    metrics.add_argument("--c-fa", type=positive_float, default=1.0, help="minDCF cost of a false accept (default: 1)")
-    metrics.add_argument("--far", type=_fraction, default=0.01,
+    add_cost_arguments(metrics)
+    metrics.add_argument("--far", type=fraction, default=0.01,
                          help="report the threshold whose false-accept rate is at most this (default: 0.01)")
+    metrics.add_argument("--calibration", type=Path, metavar="CAL.json",
+                         help="a calibration from `speakerzoo calibrate` (fitted on other trials of the same model and "
+                              "normalisation): also report Cllr, minCllr, the actual DCF of its Bayes decisions at "
+                              "--p-target, --c-miss, --c-fa, and the decision threshold")
     out = parser.add_argument_group("output")
     out.add_argument("--det", type=Path, metavar="DET.png", help="draw the DET curve into this image")
     out.add_argument("--scores", type=Path, metavar="FILE", help="write 'enrol test score [label]' lines")
+    out.add_argument("--plot", type=Path, metavar="BAYES.png",
+                     help="with --calibration: draw the Bayes error plot (actual and minimum DCF across priors)")
     out.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     return parser
 
@@ -151,16 +122,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_cohort_options(args.cohort, args.mean_norm, args.asnorm)
     if args.enrol_utterances is not None:
         refused = [name for name, given in (("--det", args.det), ("--scores", args.scores), ("--cohort", args.cohort),
-                                            ("--mean-norm", args.mean_norm), ("--asnorm", args.asnorm)) if given]
+                                            ("--mean-norm", args.mean_norm), ("--asnorm", args.asnorm),
+                                            ("--calibration", args.calibration), ("--plot", args.plot)) if given]
         return score_enrolment(args.embeddings, args.corpus, args.enrol_utterances, args.split, args.part,
                                fusion=args.fusion, negatives=args.negatives, seed=args.seed, refused=refused)
     if args.negatives is not None or args.seed is not None:
         raise ScoreError("--negatives and --seed apply to --enrol-utterances; the corpus trials were drawn "
                          "when the corpus was prepared")
-    return score_embeddings(args.embeddings, corpus=args.corpus, trials=args.trials, split=args.split, part=args.part,
-                            fusion=args.fusion, cohort=args.cohort, cohort_speakers=args.cohort_speakers,
-                            mean_norm=args.mean_norm, asnorm=args.asnorm, top_k=args.top_k, p_target=args.p_target,
-                            c_miss=args.c_miss, c_fa=args.c_fa, far=args.far, det=args.det, scores_file=args.scores)
+    return score_embeddings(args.embeddings, **scoring_options(args), p_target=args.p_target, c_miss=args.c_miss,
+                            c_fa=args.c_fa, far=args.far, det=args.det, scores_file=args.scores,
+                            calibration=args.calibration, plot=args.plot)
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -185,6 +156,8 @@ def _table(result: dict[str, Any]) -> str:
         f"  {'metric':<26} {'value':>9}  {'threshold':>10}",
     ]
     lines += [f"  {name:<26} {value:>9}  {t:>10}" + (f"  ({note})" if note else "") for name, value, t, note in rows]
+    if "calibration" in result:
+        lines += ["", *calibration_lines(result["calibration"])]
     for key, what in (("det", "DET curve"), ("scores_file", "scores")):
         if result.get(key):
             lines.append(f"  {what:<14} {result[key]}")

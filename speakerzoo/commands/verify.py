@@ -28,6 +28,7 @@ from speakerzoo.commands.options import (
     add_enrol_arguments,
     add_inference_arguments,
     add_model_arguments,
+    llr_note,
     enrol_from_args,
     format_score,
     has_enrolment,
@@ -117,7 +118,8 @@ def _text(result: dict[str, Any]) -> str:
             else:
                 lines.append(f"speaker    {t['speaker']} ({result['enrolled'][t['speaker']]} enrolment utterance(s))")
             lines += [f"test       {t['test']}{seg(t)}",
-                      f"score      {format_score(t['score'], t['score_std'], mc)}{spread}",
+                      f"score      {format_score(t['score'], t['score_std'], mc)}{spread}"
+                      f"{llr_note(t, result['p_target'])}",
                       thr_line]
             if t["decision"] is not None:
                 lines.append(t["decision"])
@@ -133,7 +135,7 @@ def _text(result: dict[str, Any]) -> str:
         lines += ["", f"test {test}{seg(rows[0])}", f"  {'speaker':<{width}}  {'score':<{17 if mc else 7}}  decision"]
         for t in rows:
             lines.append(f"  {t['speaker']:<{width}}  {format_score(t['score'], t['score_std'], mc):<{17 if mc else 7}}  "
-                         f"{t['decision'] or '-'}")
+                         f"{t['decision'] or '-'}{llr_note(t, result['p_target'])}")
     return "\n".join(lines)
 
 

@@ -14,8 +14,10 @@ the functions it calls, so that a Python user and a shell user get the same numb
 
 Audio of any rate, mono or stereo, is mixed to mono and resampled to the model's rate as at
 training (:func:`speakerzoo.audio.load_audio`). Scores are cosine similarities; a trial is
-accepted when its score is at least the threshold: the one given, else the validation-EER
-threshold stored in the checkpoint (``None`` when there is neither: then no decision).
+accepted when its score is at least the threshold: the one given, else the Bayes decision of a
+calibration (:meth:`SpeakerRecognizer.use_calibration`: scores become log-likelihood ratios,
+the threshold follows the prior and costs), else the validation-EER threshold stored in the
+checkpoint (``None`` when there is none of them: then no decision).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from speakerzoo.calibration import CalibrationError, ScoreCalibrator
 from speakerzoo.inference.bank import SpeakerBank, Verification, head_probabilities, rank
 from speakerzoo.inference.engine import embed_waveforms
 from speakerzoo.inference.enrolment import (
@@ -43,6 +46,8 @@ from speakerzoo.inference.file_embedding import EmbeddingRows, embed_items
 from speakerzoo.inference.inputs import Item
 from speakerzoo.inference.loading import load_model
 from speakerzoo.inference.segments import RecordingEmbedding
+from speakerzoo.scoring import bayes_threshold
+from speakerzoo.zoo.registry import sha256_of
 
 __all__ = ["EmbeddedFiles", "SpeakerRecognizer"]
 
@@ -82,6 +87,9 @@ class SpeakerRecognizer:
         self.progress = bool(progress)
         self.files = FileEmbedder(self.model, segment_seconds, segment_hop, progress=progress, batch_size=batch_size)
         self.enrolment = Enrolment()
+        self.calibration: ScoreCalibrator | None = None
+        self.p_target = 0.01  # the prior of the posteriors reported when calibrated
+        self._decision: tuple[float, str] | None = None  # the calibration's Bayes threshold (score units), source
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path, device: str | torch.device = "auto",
@@ -108,8 +116,44 @@ class SpeakerRecognizer:
 
     @property
     def threshold(self) -> float | None:
-        """The validation-EER threshold stored in the checkpoint (``None`` if it stores none)."""
-        return resolve_threshold(None, self.model)[0]
+        """The decision threshold on cosine scores: the calibration's Bayes threshold when one is
+        in use, else the validation-EER threshold stored in the checkpoint (``None`` if neither)."""
+        return self._resolve(None)[0]
+
+    # ------------------------------------------------------------------ calibration
+
+    def use_calibration(self, calibration: str | Path | ScoreCalibrator, p_target: float = 0.01, c_miss: float = 1.0,
+                        c_fa: float = 1.0) -> float:
+        """Calibrate this model's scores with a file of ``speakerzoo calibrate`` (fitted on this
+        checkpoint's plain cosine scores) and decide by the Bayes threshold for the prior
+        ``p_target`` and the costs: reports then carry each score's ``llr`` and ``posterior``.
+        Returns the threshold in cosine-score units."""
+        if isinstance(calibration, ScoreCalibrator):
+            calibrator, name = calibration, "the calibration given"
+        else:
+            digest = sha256_of(self.checkpoint) if self.checkpoint is not None and self.checkpoint.is_file() else None
+            calibrator, name = ScoreCalibrator.load(calibration, checkpoint_sha256=digest), str(calibration)
+        if calibrator.info.get("normalisation") or calibrator.info.get("fusion", "none") != "none":
+            raise CalibrationError(f"{name} was fitted on normalised or fused scores; verification scores plain cosine "
+                                   "of one model: fit one without --fusion, --mean-norm or --asnorm")
+        value = calibrator.score_threshold(bayes_threshold(p_target, c_miss, c_fa))
+        self.calibration = calibrator
+        self.p_target = p_target
+        self._decision = (value, f"Bayes decision of {name} at p_target {p_target:g}, C_miss {c_miss:g}, C_fa {c_fa:g}")
+        return value
+
+    def _resolve(self, threshold: float | None) -> tuple[float | None, str]:
+        if threshold is None and self._decision is not None:
+            return self._decision
+        return resolve_threshold(threshold, self.model)
+
+    def _calibrated(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """``entry`` with the ``llr`` and ``posterior`` of its cosine score when calibrated."""
+        if self.calibration is not None:
+            score = torch.tensor([entry["score"]], dtype=torch.float64)
+            entry["llr"] = float(self.calibration.llr(score))
+            entry["posterior"] = float(self.calibration.posterior(score, self.p_target))
+        return entry
 
     @property
     def speakers(self) -> list[str]:
@@ -174,9 +218,6 @@ class SpeakerRecognizer:
         return embed_waveforms(self.model, waves, batch_size=self.batch_size)
 
     # ------------------------------------------------------------------ verification
-
-    def _threshold(self, threshold: float | None) -> float | None:
-        return resolve_threshold(threshold, self.model)[0]
 
     def verify_files(self, enrol: str | Path, test: str | Path, threshold: float | None = None) -> tuple[float, bool | None]:
         """``(score, same)`` for two recordings: the cosine score, and whether it reaches the
@@ -244,7 +285,7 @@ class SpeakerRecognizer:
         """``speakerzoo verify``'s result: each test file against ``enrol_file`` (a pair), against
         the ``claimed`` enrolled speaker, or against every enrolled speaker."""
         check_mc(self.model, mc_passes)
-        value, source = resolve_threshold(threshold, self.model)
+        value, source = self._resolve(threshold)
         if enrol_file is not None:
             rec = self.files.embed_files([str(enrol_file)], roles=["enrolment file"])[0]
             bank, counts = SpeakerBank([str(enrol_file)], rec.embedding[None]), {str(enrol_file): 1}
@@ -262,13 +303,13 @@ class SpeakerRecognizer:
             if claimed is not None:
                 results = [results[bank.index(claimed)]]
             for v in results:
-                trials.append({"test": str(path), "speaker": v.speaker, "score": v.score, "score_std": v.score_std,
-                               "accepted": v.accepted,
-                               "decision": None if v.accepted is None else ("ACCEPT" if v.accepted else "REJECT"),
-                               "segments": rec.segments})
+                trials.append(self._calibrated({
+                    "test": str(path), "speaker": v.speaker, "score": v.score, "score_std": v.score_std,
+                    "accepted": v.accepted, "decision": None if v.accepted is None else ("ACCEPT" if v.accepted else "REJECT"),
+                    "segments": rec.segments}))
         return {"mode": mode, "checkpoint": str(self.checkpoint), "threshold": value, "threshold_source": source or None,
-                "mc_passes": int(mc_passes), "segment_seconds": self.files.segment_seconds, "enrolled": counts,
-                "trials": trials}
+                "p_target": self.p_target if self.calibration is not None else None, "mc_passes": int(mc_passes),
+                "segment_seconds": self.files.segment_seconds, "enrolled": counts, "trials": trials}
 
     def training_speakers(self) -> list[str]:
         """The checkpoint's training speakers (its classification head's classes)."""
@@ -292,7 +333,7 @@ class SpeakerRecognizer:
             check_mc(self.model, mc_passes)
             bank = self._bank()
             names, counts = bank.names, self.enrolment.counts()
-            value, source = resolve_threshold(threshold, self.model)
+            value, source = self._resolve(threshold)
         top_k = min(int(top_k), len(names))
         recs = self.embed_recordings(tests, mc_passes, seed)
         results = []
@@ -304,7 +345,8 @@ class SpeakerRecognizer:
                 mean, std = probs.mean(dim=0), probs.std(dim=0, correction=0)
             ranked = rank(names, mean, std, value, top_k=top_k)
             results.append({"test": str(path), "segments": rec.segments,
-                            "candidates": [{"rank": i + 1, **v.to_dict()} for i, v in enumerate(ranked)]})
+                            "candidates": [self._calibrated({"rank": i + 1, **v.to_dict()}) if bank is not None
+                                           else {"rank": i + 1, **v.to_dict()} for i, v in enumerate(ranked)]})
         return {
             "mode": "closed-set" if closed_set else "enrolled",
             "score": "softmax probability of the classification head" if closed_set else "cosine",
@@ -314,6 +356,7 @@ class SpeakerRecognizer:
             "top_k": top_k,
             "threshold": value,
             "threshold_source": source or None,
+            "p_target": self.p_target if self.calibration is not None else None,
             "mc_passes": int(mc_passes),
             "segment_seconds": self.files.segment_seconds,
             "results": results,

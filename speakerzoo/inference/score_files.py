@@ -10,27 +10,35 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from speakerzoo.calibration import CalibrationError, ScoreCalibrator
 from speakerzoo.embeddings import EmbeddingFile
 from speakerzoo.inference.trials import ScoreError, corpus_part, corpus_trials, read_trials
-from speakerzoo.plots import Mark, det_figure
+from speakerzoo.plots import Mark, bayes_error_figure, det_figure
 from speakerzoo.scoring import (
     Scorer,
+    act_dcf,
+    bayes_threshold,
+    cllr,
     det_curve,
     evaluate_enrolment,
     evaluate_trials,
     fuse_embeddings,
     fuse_scores,
     identification_hits_from_scores,
+    min_cllr,
+    min_dcf,
     speaker_means,
 )
 
-__all__ = ["check_cohort_options", "draw_det", "load_cohort", "model_tables", "score_embeddings", "score_enrolment"]
+__all__ = ["ScoredTrials", "calibrated_metrics", "calibration_info", "check_cohort_options", "draw_bayes_error", "draw_det", "load_calibration",
+           "load_cohort", "model_tables", "score_embeddings", "score_enrolment", "scored_trials", "write_scores"]
 
 
 def check_cohort_options(cohort: str | Path | None, mean_norm: bool, asnorm: bool) -> None:
@@ -41,7 +49,45 @@ def check_cohort_options(cohort: str | Path | None, mean_norm: bool, asnorm: boo
         raise ScoreError("--cohort is used by --mean-norm and --asnorm; give one of them (or drop --cohort)")
 
 
-def score_embeddings(
+@dataclass
+class ScoredTrials:
+    """The trials of a corpus part or a trial list, scored with one or several embeddings files.
+
+    Attributes:
+        files: the embeddings files, the first indexing the tables.
+        trial_list: the trials (their ``labels`` may be ``None`` for an unlabelled list).
+        scores: ``[pairs]`` scores of the verification pairs.
+        hits: identification hits of the corpus' identification rows, or ``None``.
+        normalisation: the cohort normalisation in words (``"none"``), as it is recorded in a calibration.
+        norm: its parts (``["mean-norm", "AS-norm top-200"]``).
+        fused: the system combination in words (``"none"`` for one model).
+    """
+
+    files: list[EmbeddingFile]
+    trial_list: Any
+    scores: Tensor
+    hits: Tensor | None
+    normalisation: str
+    norm: list[str]
+    fused: str
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """The checkpoint sha256 of each embeddings file (``""`` where not recorded)."""
+        return [str(f.attrs.get("checkpoint_sha256", "")) for f in self.files]
+
+    def labels(self, what: str = "an EER") -> Tensor:
+        """The target (1) / non-target (0) labels; a :class:`ScoreError` without them or without both kinds."""
+        labels = self.trial_list.labels
+        if labels is None:
+            raise ScoreError(f"{self.trial_list.source} has no labels: there is no {what} without target/non-target labels")
+        if not 0 < int(labels.sum()) < labels.numel():
+            raise ScoreError(f"the trials need both target and non-target pairs; got {int(labels.sum())} targets "
+                             f"of {labels.numel()}")
+        return labels
+
+
+def scored_trials(
     embeddings: Sequence[str | Path],
     corpus: str | Path | None = None,
     trials: str | Path | None = None,
@@ -53,21 +99,14 @@ def score_embeddings(
     mean_norm: bool = False,
     asnorm: bool = False,
     top_k: int = 200,
-    p_target: float = 0.01,
-    c_miss: float = 1.0,
-    c_fa: float = 1.0,
-    far: float = 0.01,
-    det: str | Path | None = None,
-    scores_file: str | Path | None = None,
-) -> dict[str, Any]:
+) -> ScoredTrials:
     """Score the trials of a ``corpus`` part, or of a text trial list ``trials``, with the
     embeddings files ``embeddings`` (several: one per model, combined by ``fusion``, ``"score"`` or
     ``"embedding"``); optionally normalised with a ``cohort`` embeddings file (``mean_norm``,
-    ``asnorm`` with ``top_k``). Returns EER, minDCF, identification accuracy and the operating
-    point at ``far`` (:func:`~speakerzoo.scoring.evaluate_trials`), what was scored, and the paths
-    of the ``det`` image and the ``scores_file`` when asked for."""
+    ``asnorm`` with ``top_k``)."""
     check_cohort_options(cohort, mean_norm, asnorm)
-    emb, tables, fused = model_tables(embeddings, fusion, normalised=cohort is not None or mean_norm or asnorm)
+    files, tables, fused = model_tables(embeddings, fusion, normalised=cohort is not None or mean_norm or asnorm)
+    emb = files[0]
     trial_list = corpus_trials(corpus, split, part) if corpus is not None else read_trials(trials, known=emb.__contains__)
     try:
         enrol, test = emb.rows(trial_list.enrol), emb.rows(trial_list.test)
@@ -89,32 +128,123 @@ def score_embeddings(
             if ident is not None else None
     norm = (["mean-norm"] if mean_norm else []) + ([f"AS-norm top-{top_k}"] if asnorm else [])
     normalisation = (" + ".join(norm) + f" (cohort: {cohort_text})") if norm else "none"
+    return ScoredTrials(files, trial_list, scores, hits, normalisation, norm, fused)
+
+
+def write_scores(path: str | Path, scored: ScoredTrials) -> Path:
+    """``enrol test score [label]`` lines, one per pair."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trial_list = scored.trial_list
+    with open(path, "w", encoding="utf-8") as f:
+        for i, (e, t) in enumerate(zip(trial_list.enrol, trial_list.test)):
+            label = "" if trial_list.labels is None else f" {int(trial_list.labels[i])}"
+            f.write(f"{e} {t} {float(scored.scores[i]):.6f}{label}\n")
+    return path
+
+
+def score_embeddings(
+    embeddings: Sequence[str | Path],
+    p_target: float = 0.01,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+    far: float = 0.01,
+    det: str | Path | None = None,
+    scores_file: str | Path | None = None,
+    calibration: str | Path | None = None,
+    plot: str | Path | None = None,
+    **scoring: Any,
+) -> dict[str, Any]:
+    """:func:`scored_trials` (``scoring``: its keyword arguments, ``corpus=`` or ``trials=`` and
+    the rest), then EER, minDCF, identification accuracy and the operating point at
+    ``far`` (:func:`~speakerzoo.scoring.evaluate_trials`), what was scored, and the paths of the
+    ``det`` image and the ``scores_file`` when asked for. With a ``calibration`` file of
+    ``speakerzoo calibrate`` (fitted on other trials of the same model and normalisation), also
+    the calibrated scores' Cllr, minCllr and actual DCF, and the Bayes decision threshold for
+    ``p_target``, ``c_miss`` and ``c_fa`` (:func:`calibrated_metrics`), and with ``plot`` their
+    Bayes error plot (:func:`draw_bayes_error`)."""
+    if plot is not None and calibration is None:
+        raise ScoreError("--plot draws the Bayes error plot of calibrated scores: give --calibration CAL.json too")
+    scored = scored_trials(embeddings, **scoring)
+    calibrator = load_calibration(calibration, scored) if calibration is not None else None
     if scores_file is not None:
-        scores_file = Path(scores_file)
-        scores_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(scores_file, "w", encoding="utf-8") as f:
-            for i, (e, t) in enumerate(zip(trial_list.enrol, trial_list.test)):
-                label = "" if trial_list.labels is None else f" {int(trial_list.labels[i])}"
-                f.write(f"{e} {t} {float(scores[i]):.6f}{label}\n")
-    if trial_list.labels is None:
-        raise ScoreError(f"{trials} has no labels: scores were "
+        write_scores(scores_file, scored)
+    if scored.trial_list.labels is None:
+        raise ScoreError(f"{scored.trial_list.source} has no labels: scores were "
                          f"{'written to ' + str(scores_file) if scores_file else 'computed'}, but there is "
                          f"no EER without target/non-target labels")
-    labels = trial_list.labels
-    if not 0 < int(labels.sum()) < labels.numel():
-        raise ScoreError(f"the trials need both target and non-target pairs; got {int(labels.sum())} targets "
-                         f"of {labels.numel()}")
-    result = evaluate_trials(scores, labels, hits, p_target, c_miss, c_fa, far)
+    labels = scored.labels()
+    scores = scored.scores
+    result = evaluate_trials(scores, labels, scored.hits, p_target, c_miss, c_fa, far)
     names = " + ".join(str(p) for p in embeddings)
-    result = {"embeddings": names, "trials": trial_list.source, "fusion": fused, "normalisation": normalisation,
-              **result}
+    result = {"embeddings": names, "trials": scored.trial_list.source, "fusion": scored.fused,
+              "normalisation": scored.normalisation, **result}
+    if calibrator is not None:
+        result["calibration"] = {"file": str(calibration),
+                                 **calibrated_metrics(calibrator, scores, labels, p_target, c_miss, c_fa)}
+        if plot is not None:
+            result["calibration"]["plot"] = str(draw_bayes_error(
+                plot, calibrator.llr(scores), labels, p_target,
+                title=f"{' + '.join(Path(p).name for p in embeddings)} calibrated by {Path(calibration).name}"))
     if det is not None:
-        what = " + ".join(norm) if norm else (fused if fused != "none" else "no score normalisation")
+        norm = scored.norm
+        what = " + ".join(norm) if norm else (scored.fused if scored.fused != "none" else "no score normalisation")
         result["det"] = str(draw_det(det, scores, labels, result,
                                      title=f"{' + '.join(Path(p).name for p in embeddings)}: {what}"))
     if scores_file is not None:
         result["scores_file"] = str(scores_file)
     return result
+
+
+def calibrated_metrics(calibrator: ScoreCalibrator, scores: Tensor, labels: Tensor, p_target: float = 0.01,
+                       c_miss: float = 1.0, c_fa: float = 1.0) -> dict[str, Any]:
+    """What the calibrated scores (LLRs) of labelled trials are worth: Cllr (bits; below 1 means
+    informative), minCllr (what a perfect calibration would reach), the actual DCF of the Bayes
+    decisions at ``p_target``, ``c_miss``, ``c_fa`` beside the minimum DCF, and the Bayes
+    threshold as an LLR and as a raw score."""
+    llr = calibrator.llr(scores)
+    theta = bayes_threshold(p_target, c_miss, c_fa)
+    try:
+        score_threshold: float | None = calibrator.score_threshold(theta)
+    except ValueError:
+        score_threshold = None
+    return {
+        "cllr": cllr(llr, labels),
+        "min_cllr": min_cllr(llr, labels),
+        "act_dcf": act_dcf(llr, labels, p_target, c_miss, c_fa),
+        "min_dcf": min_dcf(llr, labels, p_target, c_miss, c_fa),
+        "bayes_threshold_llr": theta,
+        "bayes_threshold_score": score_threshold,
+        "dcf_parameters": {"p_target": p_target, "c_miss": c_miss, "c_fa": c_fa},
+    }
+
+
+def calibration_info(scored: ScoredTrials) -> dict[str, Any]:
+    """What a calibration fitted on ``scored`` records, so that it is applied only to scores like them."""
+    checkpoints = scored.checkpoints
+    return {"trials": scored.trial_list.source, "embeddings": [str(f.path) for f in scored.files],
+            "checkpoint_sha256": checkpoints[0] if len(checkpoints) == 1 else "", "checkpoints_sha256": checkpoints,
+            "model_class": str(scored.files[0].attrs.get("model_class", "")), "normalisation": scored.norm,
+            "fusion": scored.fused}
+
+
+def load_calibration(path: str | Path, scored: ScoredTrials) -> ScoreCalibrator:
+    """The calibration in ``path``, refused (naming the file and the fix) when it was fitted on
+    scores of other checkpoints, another normalisation or another fusion than ``scored``."""
+    checkpoints = scored.checkpoints
+    calibrator = ScoreCalibrator.load(path, checkpoint_sha256=checkpoints[0] if len(checkpoints) == 1 else None)
+    info = calibrator.info
+    fix = "fit one on these scores with `speakerzoo calibrate` (same embeddings options, other trials)"
+    recorded = info.get("checkpoints_sha256")
+    if recorded and all(recorded) and all(checkpoints) and list(recorded) != checkpoints:
+        raise CalibrationError(f"{path} was fitted on the scores of other checkpoints; {fix}")
+    for key, mine, what in (("normalisation", scored.norm, "score normalisation"), ("fusion", scored.fused, "fusion")):
+        if key in info and info[key] != mine:
+            theirs = " + ".join(info[key]) if isinstance(info[key], list) else info[key]
+            now = " + ".join(mine) if isinstance(mine, list) else mine
+            raise CalibrationError(f"{path} was fitted on scores with {what} {theirs or 'none'!s}, these have "
+                                   f"{now or 'none'}: a calibration holds for one way of scoring; {fix}")
+    return calibrator
 
 
 def score_enrolment(
@@ -138,7 +268,8 @@ def score_enrolment(
     if refused:
         raise ScoreError(f"{', '.join(refused)} apply to verification pairs, not to --enrol-utterances; drop "
                          f"{'it' if len(refused) == 1 else 'them'}")
-    first, tables, fusion = model_tables(embeddings, fusion)
+    files, tables, fusion = model_tables(embeddings, fusion)
+    first = files[0]
     negatives = 99 if negatives is None else negatives
     seed = 0 if seed is None else seed
     ids, speakers = corpus_part(corpus, split, part)
@@ -178,8 +309,8 @@ def load_cohort(path: Path, emb: EmbeddingFile, per_speaker: bool, trial_ids: se
     means, names = speaker_means(cohort.embedding, cohort.speaker)
     return means, f"{len(names)} speaker means of {path}"
 def model_tables(embeddings: Sequence[str | Path], fusion: str | None = None,
-                 normalised: bool = False) -> tuple[EmbeddingFile, list[Tensor], str]:
-    """The first embeddings file (its utterance ids index the tables), one embedding table per
+                 normalised: bool = False) -> tuple[list[EmbeddingFile], list[Tensor], str]:
+    """The embeddings files (the first one's utterance ids index the tables), one embedding table per
     model to score (rows in the first file's order; one table after embedding fusion) and the
     fusion in words. ``normalised``: a cohort normalisation was asked for (not combined with fusion)."""
     files = [EmbeddingFile(p) for p in embeddings]
@@ -187,7 +318,7 @@ def model_tables(embeddings: Sequence[str | Path], fusion: str | None = None,
         if fusion is not None:
             raise ScoreError(f"--fusion {fusion} combines several embeddings files (one per model); "
                              f"give two or more, or drop --fusion")
-        return files[0], [files[0].embedding], "none"
+        return files, [files[0].embedding], "none"
     names = ", ".join(str(f.path) for f in files)
     if fusion is None:
         raise ScoreError(f"{len(files)} embeddings files given ({names}): say how to combine them with "
@@ -220,8 +351,8 @@ def model_tables(embeddings: Sequence[str | Path], fusion: str | None = None,
         if len(set(sizes.values())) > 1:
             raise ScoreError("--fusion embedding adds the models' embeddings, so they need the same size; got "
                              + ", ".join(f"{d}-d in {p}" for p, d in sizes.items()) + ": use --fusion score")
-        return first, [fuse_embeddings(tables)], f"embedding fusion of {len(files)} models"
-    return first, tables, f"score fusion of {len(files)} models"
+        return files, [fuse_embeddings(tables)], f"embedding fusion of {len(files)} models"
+    return files, tables, f"score fusion of {len(files)} models"
 
 
 def _rates_at(scores: Tensor, labels: Tensor, threshold: float | None) -> tuple[float, float]:
@@ -229,6 +360,15 @@ def _rates_at(scores: Tensor, labels: Tensor, threshold: float | None) -> tuple[
     t = math.inf if threshold is None else threshold
     i = int(torch.searchsorted(thr, torch.tensor([t], dtype=thr.dtype))[0].clamp(max=thr.numel() - 1))
     return float(p_fa[i]), float(p_miss[i])
+
+
+def draw_bayes_error(path: str | Path, llr: Tensor, labels: Tensor, p_target: float, title: str = "") -> Path:
+    """The Bayes error plot of calibrated scores (:func:`speakerzoo.plots.bayes_error_figure`) into ``path``."""
+    fig = bayes_error_figure(llr, labels, title=title, marks=[p_target], dpi=120)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
 
 
 def draw_det(path: str | Path, scores: Tensor, labels: Tensor, result: dict[str, Any], title: str = "") -> Path:

@@ -385,6 +385,54 @@ def bayes_error_curve(llr: Tensor, labels: Tensor, prior_log_odds: Tensor) -> tu
     return cost(llr), cost(pav_llr(llr, labels))
 
 
+class OpenSetPoint(NamedTuple):
+    """Open-set identification at one threshold (accept a probe's best match when its score is
+    ``>= threshold``): the detection and identification rate of probes of enrolled speakers (best
+    match right *and* accepted) and the false-alarm rate of impostor probes (best match accepted)."""
+
+    threshold: float
+    dir: float
+    far: float
+
+
+def open_set_identification(scores: Tensor, truth: Tensor, far: float | None = 0.01,
+                            threshold: float | None = None) -> OpenSetPoint:
+    """Open-set identification (ISO/IEC 19795-1's detection and identification rate): ``scores``
+    ``[probes, enrolled]``, ``truth`` ``[probes]`` the column of each probe's own speaker or -1 for
+    an impostor (a speaker who is not enrolled). At the given ``threshold``, or else at the lowest
+    threshold whose false-alarm rate is at most ``far`` (thresholds range over the probes' best
+    scores and ``+inf``, as :func:`threshold_at_far`'s do).
+
+    Example::
+
+        >>> s = torch.tensor([[0.9, 0.1], [0.2, 0.7], [0.6, 0.3], [0.4, 0.2]])
+        >>> open_set_identification(s, torch.tensor([0, 0, -1, -1]), far=0.5)   # accept >= 0.6: one impostor of two
+        OpenSetPoint(threshold=0.6000000238418579, dir=0.5, far=0.5)
+    """
+    scores = torch.as_tensor(scores).detach()
+    truth = torch.as_tensor(truth, device=scores.device).long().flatten()
+    if scores.dim() != 2 or scores.shape[0] != truth.numel() or scores.shape[1] < 1:
+        raise ValueError(f"expected scores [probes, enrolled] and truth [probes]; got {tuple(scores.shape)} and "
+                         f"{tuple(truth.shape)}")
+    impostor = truth < 0
+    if not impostor.any() or impostor.all():
+        raise ValueError("open-set identification needs probes of enrolled speakers and impostor probes")
+    if int(truth.max()) >= scores.shape[1]:
+        raise ValueError(f"truth names column {int(truth.max())} of {scores.shape[1]} enrolled speakers")
+    best, column = scores.double().max(dim=1)
+    right = (~impostor) & (column == truth.clamp(min=0))
+    if threshold is None:
+        if far is None or not 0.0 <= far <= 1.0:
+            raise ValueError(f"far must be a fraction in [0, 1], not {far}")
+        candidates = torch.cat([best.unique(), best.new_tensor([math.inf])])  # ascending
+        imp = torch.sort(best[impostor]).values
+        rates = 1 - torch.searchsorted(imp, candidates, side="left").double() / imp.numel()  # share >= t
+        threshold = float(candidates[int(torch.nonzero(rates <= far)[0])])
+    accepted = best >= threshold
+    return OpenSetPoint(float(threshold), float((right & accepted)[~impostor].double().mean()),
+                        float(accepted[impostor].double().mean()))
+
+
 # --------------------------------------------------------------------------- score normalisation
 
 

@@ -146,3 +146,29 @@ def test_the_bayes_error_curve_is_act_dcf_and_min_dcf_across_priors(seed: int) -
         # the PAV-calibrated decisions reach the best threshold: the minimum DCF
         assert float(minimum[i]) == pytest.approx(min_dcf(llr, labels, p), rel=1e-9, abs=1e-12)
         assert float(minimum[i]) <= float(actual[i]) + 1e-12
+
+
+def test_open_set_identification_counts_probes_by_hand() -> None:
+    from speakerzoo.scoring import open_set_identification
+
+    g = torch.Generator().manual_seed(7)
+    scores = torch.rand(60, 5, generator=g, dtype=torch.float64)
+    truth = torch.randint(0, 5, (60,), generator=g)
+    truth[40:] = -1  # 20 impostors
+    scores[torch.arange(40), truth[:40]] += 0.4  # enrolled speakers score higher on their own column
+    point = open_set_identification(scores, truth, far=0.1)
+    best, col = scores.max(dim=1)
+    t = point.threshold
+    imp_accepted = sum(1 for i in range(40, 60) if best[i] >= t)
+    hits = sum(1 for i in range(40) if best[i] >= t and col[i] == truth[i])
+    assert point.far == imp_accepted / 20 <= 0.1
+    assert point.dir == hits / 40
+    # the lowest such threshold: any lower candidate would let more impostors through
+    lower = [float(v) for v in best.unique() if float(v) < t]
+    if lower:
+        assert sum(1 for i in range(40, 60) if best[i] >= max(lower)) / 20 > 0.1
+    # at a given threshold
+    fixed = open_set_identification(scores, truth, threshold=0.9)
+    assert fixed.far == sum(1 for i in range(40, 60) if best[i] >= 0.9) / 20
+    with pytest.raises(ValueError, match="impostor"):
+        open_set_identification(scores[:40], truth[:40])

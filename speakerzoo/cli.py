@@ -39,7 +39,7 @@ Subcommands: prepare (audio -> corpus file), chunk (corpus -> corpus of
 3/5/10 s chunks), synthesize (one speaker's synthetic
 MFCC frames from a char-LSTM or GPT-2), embed (audio -> embeddings file),
 score (trials -> EER, minDCF, DET curve), calibrate (scores -> log-likelihood
-ratios), verify (same speaker or not),
+ratios), enrol (a store of enrolled speakers), verify (same speaker or not),
 identify (who of the enrolled speakers), export (TorchScript / ONNX),
 layers (EER of every wav2vec2 layer),
 checkpoints (the registry): each has its own --help. fit, validate, test, predict
@@ -175,6 +175,7 @@ COMMANDS = {
     "calibrate": "speakerzoo.commands.calibrate",
     "export": "speakerzoo.commands.export",
     "checkpoints": "speakerzoo.commands.checkpoints",
+    "enrol": "speakerzoo.commands.enrol",
     "verify": "speakerzoo.commands.verify",
     "identify": "speakerzoo.commands.identify",
 }

@@ -36,6 +36,7 @@ from speakerzoo.commands.options import (
     segments_note,
 )
 from speakerzoo.inference.enrolment import EnrolError, check_mc
+from speakerzoo.inference.recognizer import UNKNOWN
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -123,8 +124,10 @@ def _text(result: dict[str, Any]) -> str:
                 row += "  " + ("accept" if c["accepted"] else "reject")
             row += llr_note(c, result["p_target"])
             lines.append(row.rstrip())
-        if r["candidates"] and r["candidates"][0]["accepted"] is False:
-            lines.append("  no enrolled speaker reaches the threshold: an unknown speaker?")
+        if r.get("identified") == UNKNOWN:
+            lines.append(f"  identified: {UNKNOWN} (no enrolled speaker reaches the threshold)")
+        elif r.get("identified") is not None and result["mode"] != "closed-set":
+            lines.append(f"  identified: {r['identified']}")
     return "\n".join(lines)
 
 

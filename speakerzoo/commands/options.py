@@ -5,7 +5,8 @@ Speakers are enrolled from any mix of
 * ``--enrol NAME=FILE[,FILE...]`` (repeatable; a name given twice collects the files of both);
 * ``--enrol-dir DIR``: one sub-folder per speaker, ``DIR/<speaker>/**/*.wav``;
 * ``--enrol-embeddings FILE.h5``: an embeddings file written by ``speakerzoo embed`` with the
-  same checkpoint, rows grouped by its ``speaker`` column.
+  same checkpoint, rows grouped by its ``speaker`` column;
+* ``--store STORE.h5``: a speaker store written by ``speakerzoo enrol`` with the same checkpoint.
 
 The work is :class:`speakerzoo.inference.SpeakerRecognizer`'s; see :mod:`speakerzoo.inference.enrolment`.
 """
@@ -86,10 +87,12 @@ def add_enrol_arguments(parser: argparse.ArgumentParser) -> None:
                        help="enrol every sub-folder of DIR as a speaker (DIR/<speaker>/*.wav)")
     group.add_argument("--enrol-embeddings", type=Path, action="append", default=[], metavar="FILE.h5",
                        help="enrol the speakers of an embeddings file from `speakerzoo embed` made with the same checkpoint")
+    group.add_argument("--store", type=Path, action="append", default=[], metavar="STORE.h5",
+                       help="enrol the speakers of a store written by `speakerzoo enrol` with the same checkpoint")
 
 
 def has_enrolment(args: argparse.Namespace) -> bool:
-    return bool(args.enrol or args.enrol_dir or args.enrol_embeddings)
+    return bool(args.enrol or args.enrol_dir or args.enrol_embeddings or getattr(args, "store", None))
 
 
 def recognizer_from_args(args: argparse.Namespace) -> SpeakerRecognizer:
@@ -102,8 +105,12 @@ def recognizer_from_args(args: argparse.Namespace) -> SpeakerRecognizer:
 
 
 def enrol_from_args(rec: SpeakerRecognizer, args: argparse.Namespace) -> None:
-    """Enrol the speakers of ``--enrol``, ``--enrol-dir`` and ``--enrol-embeddings`` into ``rec``."""
-    rec.enrol_from(files=args.enrol, folders=args.enrol_dir, embedding_files=args.enrol_embeddings)
+    """Enrol the speakers of ``--store``, ``--enrol``, ``--enrol-dir`` and ``--enrol-embeddings`` into ``rec``."""
+    for store in getattr(args, "store", []):
+        rec.enrol_store(store)
+    if args.enrol or args.enrol_dir or args.enrol_embeddings:
+        rec.enrol_from(files=args.enrol, folders=args.enrol_dir, embedding_files=args.enrol_embeddings,
+                       profile=getattr(args, "profile", None) or "default")
 
 
 def segments_note(count: int, seconds: float | None) -> str:

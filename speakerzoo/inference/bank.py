@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 from speakerzoo.inference.mc_dropout import eval_embed, mc_samples
 
-__all__ = ["SpeakerBank", "Verification", "head_probabilities", "rank", "verify"]
+__all__ = ["ProfileBank", "SpeakerBank", "Verification", "head_probabilities", "rank", "verify"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,50 @@ class SpeakerBank:
         """Mean and population std over ``K`` passes of the scores of embeddings ``[K, ..., D]``."""
         s = self.scores(passes).double()
         return s.mean(dim=0), s.std(dim=0, correction=0)
+
+
+class ProfileBank(SpeakerBank):
+    """Speakers enrolled with several profiles (e.g. one per microphone or session): one centroid
+    per profile; a speaker's score is its best profile's (the maximum over them, for each pass).
+
+    Example::
+
+        >>> bank = ProfileBank.from_profiles({("a", "office"): torch.tensor([1.0, 0.0]),
+        ...                                   ("a", "phone"): torch.tensor([0.0, 1.0]),
+        ...                                   ("b", "default"): torch.tensor([1.0, 1.0])})
+        >>> bank.names, bank.scores(torch.tensor([[0.0, 2.0]])).round(decimals=4)
+        (['a', 'b'], tensor([[1.0000, 0.7071]]))
+    """
+
+    def __init__(self, names: Sequence[str], profile_speakers: Sequence[int], profile_names: Sequence[str],
+                 embeddings: Tensor):
+        names = [str(n) for n in names]
+        if len(set(names)) != len(names) or not names:
+            raise ValueError(f"speaker names must be unique and at least one; got {names}")
+        self.names = names
+        self._index = {n: i for i, n in enumerate(names)}
+        self.profile_speakers = torch.as_tensor(list(profile_speakers), dtype=torch.long)
+        self.profile_names = [str(p) for p in profile_names]
+        self.embeddings = F.normalize(torch.as_tensor(embeddings).detach().float(), dim=-1)  # [P, D]
+        if self.embeddings.shape[0] != len(self.profile_names) or len(self.profile_speakers) != len(self.profile_names):
+            raise ValueError("one speaker number and one name per profile embedding")
+        if set(self.profile_speakers.tolist()) != set(range(len(names))):
+            raise ValueError("every speaker needs at least one profile")
+
+    @classmethod
+    def from_profiles(cls, utterances: Mapping[tuple[str, str], Tensor]) -> "ProfileBank":
+        """One centroid per ``(speaker, profile)`` from its utterance embeddings (``[D]`` or ``[n, D]``)."""
+        centroids = SpeakerBank.from_utterances({f"{i}": emb for i, emb in enumerate(utterances.values())})
+        names: dict[str, int] = {}
+        speakers = [names.setdefault(str(speaker), len(names)) for speaker, _ in utterances]
+        return cls(list(names), speakers, [str(profile) for _, profile in utterances], centroids.embeddings)
+
+    def scores(self, embeddings: Tensor) -> Tensor:
+        """Cosine scores ``[..., S]``: for each speaker, its best profile's."""
+        profile_scores = super().scores(embeddings)  # [..., P]
+        index = self.profile_speakers.to(profile_scores.device).expand_as(profile_scores)
+        out = profile_scores.new_full((*profile_scores.shape[:-1], len(self.names)), -math.inf)
+        return out.scatter_reduce(-1, index, profile_scores, reduce="amax")
 
 
 def rank(names: Sequence[str], scores: Tensor, stds: Tensor | None = None, threshold: float | None = None,

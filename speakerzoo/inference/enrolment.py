@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from speakerzoo.audio import AUDIO_EXTENSIONS, AudioError
 from speakerzoo.datamodules.sources import SourceError
 from speakerzoo.embeddings import EmbeddingError, EmbeddingFile
-from speakerzoo.inference.bank import SpeakerBank
+from speakerzoo.inference.bank import ProfileBank, SpeakerBank
 from speakerzoo.inference.engine import embed_waveforms, min_samples
 from speakerzoo.inference.file_embedding import WINDOW_SAMPLES, load_item
 from speakerzoo.inference.inputs import Item, items_from_folder
@@ -197,6 +197,9 @@ class FileEmbedder:
         return out  # type: ignore[return-value]
 
 
+DEFAULT_PROFILE = "default"
+
+
 @dataclass
 class Enrolment:
     """Enrolled speakers.
@@ -204,29 +207,53 @@ class Enrolment:
     Attributes:
         embeddings: speaker -> its utterances' embeddings, in the order speakers were first named.
         utterances: speaker -> what was enrolled (audio paths, or ``FILE.h5:utt_id`` rows).
-        bank: one centroid per speaker (:class:`~speakerzoo.inference.bank.SpeakerBank`), built
-            from ``embeddings``.
+        profiles: speaker -> the profile of each utterance (``"default"`` unless named): a
+            speaker with several profiles (a microphone, a session) is scored by its best one.
+        bank: one centroid per speaker, or per profile (:class:`~speakerzoo.inference.bank.SpeakerBank`,
+            :class:`~speakerzoo.inference.bank.ProfileBank`), built from ``embeddings``.
     """
 
     embeddings: dict[str, list[Tensor]] = field(default_factory=dict)
     utterances: dict[str, list[str]] = field(default_factory=dict)
+    profiles: dict[str, list[str]] = field(default_factory=dict)
 
-    def add(self, name: str, embedding: Tensor, source: str) -> None:
+    def add(self, name: str, embedding: Tensor, source: str, profile: str = DEFAULT_PROFILE) -> None:
         """One more utterance of speaker ``name`` (a new speaker is appended)."""
-        self.embeddings.setdefault(str(name), []).append(torch.as_tensor(embedding).detach().float().cpu())
-        self.utterances.setdefault(str(name), []).append(str(source))
+        name = str(name)
+        earlier = self.profile_list(name) if name in self.utterances else []
+        self.embeddings.setdefault(name, []).append(torch.as_tensor(embedding).detach().float().cpu())
+        self.utterances.setdefault(name, []).append(str(source))
+        self.profiles[name] = earlier + [str(profile)]
 
     def update(self, other: Enrolment) -> None:
         """Add every utterance of ``other``."""
         for name, vectors in other.embeddings.items():
-            for vector, source in zip(vectors, other.utterances[name]):
-                self.add(name, vector, source)
+            for vector, source, profile in zip(vectors, other.utterances[name], other.profile_list(name)):
+                self.add(name, vector, source, profile)
 
-    def remove(self, name: str) -> None:
-        """Forget speaker ``name`` (``KeyError`` naming the enrolled speakers when it is not one)."""
+    def profile_list(self, name: str) -> list[str]:
+        """The profile of each utterance of ``name``."""
+        given = self.profiles.get(name, [])
+        return given + [DEFAULT_PROFILE] * (len(self.utterances[name]) - len(given))
+
+    def remove(self, name: str, profile: str | None = None) -> None:
+        """Forget speaker ``name``, or only its ``profile`` (``KeyError`` naming what is enrolled)."""
         if name not in self.embeddings:
             raise KeyError(f"unknown speaker {name!r}; enrolled: {', '.join(self.embeddings) or 'none'}")
-        del self.embeddings[name], self.utterances[name]
+        if profile is None or set(self.profile_list(name)) == {profile}:
+            if profile is not None and profile not in self.profile_list(name):
+                raise KeyError(f"speaker {name!r} has no profile {profile!r}")
+            del self.embeddings[name], self.utterances[name]
+            self.profiles.pop(name, None)
+            return
+        keep = [i for i, p in enumerate(self.profile_list(name)) if p != profile]
+        if len(keep) == len(self.utterances[name]):
+            raise KeyError(f"speaker {name!r} has no profile {profile!r}; its profiles: "
+                           f"{', '.join(sorted(set(self.profile_list(name))))}")
+        profiles = self.profile_list(name)
+        self.embeddings[name] = [self.embeddings[name][i] for i in keep]
+        self.utterances[name] = [self.utterances[name][i] for i in keep]
+        self.profiles[name] = [profiles[i] for i in keep]
 
     @property
     def names(self) -> list[str]:
@@ -234,7 +261,13 @@ class Enrolment:
 
     @property
     def bank(self) -> SpeakerBank:
-        return SpeakerBank.from_utterances({name: torch.stack(v) for name, v in self.embeddings.items()})
+        groups: dict[tuple[str, str], list[Tensor]] = {}
+        for name, vectors in self.embeddings.items():
+            for vector, profile in zip(vectors, self.profile_list(name)):
+                groups.setdefault((name, profile), []).append(vector)
+        if len(groups) == len(self.embeddings):  # one profile each: one centroid per speaker
+            return SpeakerBank.from_utterances({name: torch.stack(v) for name, v in self.embeddings.items()})
+        return ProfileBank.from_profiles({key: torch.stack(v) for key, v in groups.items()})
 
     def counts(self) -> dict[str, int]:
         return {name: len(sources) for name, sources in self.utterances.items()}
@@ -323,7 +356,7 @@ def enrol_speakers(
         order.setdefault(name)
     embedded = embedder.embed_files([p for _, p in files], passes=0, roles=[f"enrolment of speaker {n!r}" for n, _ in files],
                                     desc="enrolling")
-    enrolment = Enrolment({name: [] for name in order}, {name: [] for name in order})
+    enrolment = Enrolment({name: [] for name in order}, {name: [] for name in order}, {name: [] for name in order})
     for (name, path), rec in zip(files, embedded):
         enrolment.add(name, rec.embedding, path)
     for name, vector, where in rows:

@@ -34,6 +34,7 @@ from speakerzoo.calibration import CalibrationError, ScoreCalibrator
 from speakerzoo.inference.bank import SpeakerBank, Verification, head_probabilities, rank
 from speakerzoo.inference.engine import embed_waveforms
 from speakerzoo.inference.enrolment import (
+    DEFAULT_PROFILE,
     Enrolment,
     EnrolError,
     FileEmbedder,
@@ -44,12 +45,16 @@ from speakerzoo.inference.enrolment import (
 )
 from speakerzoo.inference.file_embedding import EmbeddingRows, embed_items
 from speakerzoo.inference.inputs import Item
-from speakerzoo.inference.loading import load_model
+from speakerzoo.inference.loading import load_model, model_class_path
 from speakerzoo.inference.segments import RecordingEmbedding
+from speakerzoo.inference.speaker_store import read_store, write_store
 from speakerzoo.scoring import bayes_threshold
 from speakerzoo.zoo.registry import sha256_of
 
-__all__ = ["EmbeddedFiles", "SpeakerRecognizer"]
+__all__ = ["EmbeddedFiles", "SpeakerRecognizer", "UNKNOWN"]
+
+#: What identification says when no enrolled speaker passes the threshold.
+UNKNOWN = "unknown"
 
 
 @dataclass
@@ -228,19 +233,38 @@ class SpeakerRecognizer:
 
     # ------------------------------------------------------------------ enrolment
 
-    def enrol(self, name: str, paths: str | Path | Sequence[str | Path]) -> None:
-        """Enrol speaker ``name`` from audio files (more files of a known speaker are added to it)."""
+    def enrol(self, name: str, paths: str | Path | Sequence[str | Path], profile: str = DEFAULT_PROFILE) -> None:
+        """Enrol speaker ``name`` from audio files (more files of a known speaker are added to it);
+        a ``profile`` other than the default one is scored apart (a speaker scores its best profile)."""
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-        self.enrol_from(files=[(name, paths)])
+        self.enrol_from(files=[(name, paths)], profile=profile)
 
     def enrol_from(self, files: Sequence[tuple[str, Sequence[str | Path]]] = (), folders: Sequence[str | Path] = (),
-                   embedding_files: Sequence[str | Path] = ()) -> None:
+                   embedding_files: Sequence[str | Path] = (), profile: str = DEFAULT_PROFILE) -> None:
         """Enrol from any mix of ``(name, files)`` pairs, folders with one sub-folder per speaker, and
-        embeddings files made with this checkpoint (see :func:`~speakerzoo.inference.enrolment.enrol_speakers`)."""
+        embeddings files made with this checkpoint (see :func:`~speakerzoo.inference.enrolment.enrol_speakers`),
+        all under ``profile``."""
         if embedding_files and self.checkpoint is None:
             raise EnrolError("enrolling from an embeddings file needs the model's checkpoint file to check that "
                              "it made them; load the model with SpeakerRecognizer.from_pretrained")
-        self.enrolment.update(enrol_speakers(self.files, self.checkpoint or Path(), files, folders, embedding_files))
+        new = enrol_speakers(self.files, self.checkpoint or Path(), files, folders, embedding_files)
+        new.profiles = {name: [str(profile)] * len(sources) for name, sources in new.utterances.items()}
+        self.enrolment.update(new)
+
+    def _checkpoint_sha256(self, what: str) -> str:
+        if self.checkpoint is None or not self.checkpoint.is_file():
+            raise EnrolError(f"{what} needs the model's checkpoint file (the store records which model made its "
+                             "embeddings); load the model with SpeakerRecognizer.from_pretrained")
+        return sha256_of(self.checkpoint)
+
+    def enrol_store(self, path: str | Path) -> None:
+        """Enrol the speakers of a store (:mod:`speakerzoo.inference.speaker_store`) made with this checkpoint."""
+        self.enrolment.update(read_store(path, self._checkpoint_sha256("reading a speaker store")))
+
+    def save_store(self, path: str | Path) -> Path:
+        """Write the enrolled speakers to a store for this checkpoint (complete or not at all)."""
+        return write_store(path, self.enrolment, self._checkpoint_sha256("writing a speaker store"),
+                           model_class_path(self.model))
 
     def enrol_folder(self, folder: str | Path) -> None:
         """Enrol every sub-folder of ``folder`` as a speaker (``folder/<speaker>/*.wav``)."""
@@ -250,9 +274,13 @@ class SpeakerRecognizer:
         """Enrol the named rows of an embeddings file that ``speakerzoo embed`` made with this checkpoint."""
         self.enrol_from(embedding_files=[path])
 
-    def forget(self, name: str) -> None:
-        """Remove enrolled speaker ``name``."""
-        self.enrolment.remove(name)
+    def forget(self, name: str, profile: str | None = None) -> None:
+        """Remove enrolled speaker ``name``, or only its ``profile`` (an :class:`EnrolError` naming
+        the enrolled speakers or profiles when there is no such one)."""
+        try:
+            self.enrolment.remove(name, profile)
+        except KeyError as err:
+            raise EnrolError(err.args[0]) from None
 
     def _bank(self) -> SpeakerBank:
         if not self.enrolment.names:
@@ -266,6 +294,12 @@ class SpeakerRecognizer:
         result = self.verification_report([path], claimed=speaker, threshold=threshold, mc_passes=mc_passes, seed=seed)
         t = result["trials"][0]
         return Verification(t["speaker"], t["score"], t["score_std"], t["accepted"])
+
+    def who(self, path: str | Path, threshold: float | None = None) -> str | None:
+        """Open-set identification of one recording: the enrolled speaker it is, :data:`UNKNOWN`
+        when no enrolled speaker passes the threshold (given, calibrated or stored), ``None``
+        when there is no threshold to decide by."""
+        return self.identification_report([path], top_k=1, threshold=threshold)["results"][0]["identified"]
 
     def identify(self, path: str | Path, top_k: int = 5, threshold: float | None = None, mc_passes: int = 0,
                  seed: int = 0, closed_set: bool = False) -> list[Verification]:
@@ -344,7 +378,10 @@ class SpeakerRecognizer:
                 probs = head_probabilities(self.model, rec.samples.to(self.device)).double().mean(dim=1)  # [K, C]
                 mean, std = probs.mean(dim=0), probs.std(dim=0, correction=0)
             ranked = rank(names, mean, std, value, top_k=top_k)
-            results.append({"test": str(path), "segments": rec.segments,
+            # open set: the best candidate when it passes the threshold, else nobody enrolled
+            identified = None if not ranked or ranked[0].accepted is None else (
+                ranked[0].speaker if ranked[0].accepted else UNKNOWN)
+            results.append({"test": str(path), "segments": rec.segments, "identified": identified,
                             "candidates": [self._calibrated({"rank": i + 1, **v.to_dict()}) if bank is not None
                                            else {"rank": i + 1, **v.to_dict()} for i, v in enumerate(ranked)]})
         return {

@@ -6,6 +6,7 @@ scores made another way."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,40 @@ def test_the_bayes_error_plot_is_drawn_for_calibrated_scores_only(parts, tmp_pat
                            "--plot", str(tmp_path / "no.png")])
     assert code == 2 and "give --calibration CAL.json too" in capsys.readouterr().err
     assert not (tmp_path / "no.png").exists()
+
+
+def test_duration_quality_and_calibrated_scores_files(parts, tmp_path, capsys) -> None:
+    from speakerzoo.commands import verify as verify_cmd
+    from speakerzoo.inference.score_files import DURATION_QUALITY, trial_quality
+
+    cal_path = tmp_path / "q.json"
+    fitted = run_json(calibrate_cmd, capsys, parts["val"], "--corpus", parts["corpus"], "--split", "utterance",
+                      "--quality", "duration", "--output", cal_path)
+    assert fitted["quality"] == list(DURATION_QUALITY) and len(fitted["weights"]) == 3
+    scores_path = tmp_path / "scores.txt"
+    result = run_json(score_cmd, capsys, parts["test"], "--corpus", parts["corpus"], "--split", "utterance",
+                      "--calibration", cal_path, "--scores", scores_path, "--p-target", "0.05")
+    cal = result["calibration"]
+    assert cal["quality"] == list(DURATION_QUALITY) and cal["bayes_threshold_score"] is None  # it differs per trial
+    scored = scored_trials([parts["test"]], corpus=parts["corpus"], split="utterance", part="test")
+    calibrator = ScoreCalibrator.load(cal_path)
+    quality = trial_quality(scored, calibrator.quality)
+    seconds = scored.trial_list.seconds[0]
+    assert seconds.min() > 0.1 and seconds.max() > 1.5 * seconds.min()  # FSDD durations differ
+    llr = calibrator.llr(scored.scores, quality)
+    assert cal["cllr"] == pytest.approx(cllr(llr, scored.labels()), rel=1e-12)
+    lines = scores_path.read_text().splitlines()
+    assert len(lines) == len(scored.scores)
+    enrol, test, score, line_llr, posterior, label = lines[0].split()
+    assert float(line_llr) == pytest.approx(float(llr[0]), abs=1e-4)
+    assert float(posterior) == pytest.approx(float(torch.sigmoid(llr[0] + math.log(0.05 / 0.95))), abs=1e-6)
+    assert label in ("0", "1") and float(score) == pytest.approx(float(scored.scores[0]), abs=1e-6)
+    # a text trial list has no durations; verification computes no quality measures
+    trials = tmp_path / "trials.txt"
+    trials.write_text("".join(f"{e} {t} {int(y)}\n" for e, t, y in zip(scored.trial_list.enrol[:20],
+                                                                       scored.trial_list.test[:20],
+                                                                       scored.labels()[:20])))
+    code = score_cmd.main([str(parts["test"]), "--trials", str(trials), "--calibration", str(cal_path)])
+    assert code == 2 and "duration quality measures need the utterances' durations" in capsys.readouterr().err
+    code = verify_cmd.main(["a.wav", "b.wav", "-c", str(parts["checkpoint"]), "--calibration", str(cal_path), "-q"])
+    assert code == 2 and "quality measures" in capsys.readouterr().err  # refused before any audio is read

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit = parser.add_argument_group("fit")
     fit.add_argument("--p-effective", type=probability, default=0.5,
                      help="prior at which targets and non-targets are weighted in the fit (default: 0.5, equal weight)")
+    fit.add_argument("--quality", choices=("duration",),
+                     help="also fit weights for the log durations of the enrolment and test utterances (corpus "
+                          "trials); `score --calibration` then computes them too")
     fit.add_argument("--output", "-o", type=Path, metavar="CAL.json",
                      help="calibration file to write (default: EMB.calibration.json beside the first embeddings file)")
     metrics = parser.add_argument_group("metrics on the fitting trials")
@@ -63,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     return calibrate_embeddings(args.embeddings, output=args.output, **scoring_options(args),
                                 p_effective=args.p_effective, p_target=args.p_target, c_miss=args.c_miss,
-                                c_fa=args.c_fa, plot=args.plot)
+                                c_fa=args.c_fa, plot=args.plot, quality=args.quality == "duration")
 
 
 def render(result: dict[str, Any]) -> str:
@@ -75,7 +78,9 @@ def render(result: dict[str, Any]) -> str:
         f"  embeddings     {result['embeddings']}",
         f"  normalisation  {result['normalisation']}",
         *([f"  fusion         {result['fusion']}"] if result["fusion"] != "none" else []),
-        f"  LLR =          {w[0]:.4f} x score {'+' if result['bias'] >= 0 else '-'} {abs(result['bias']):.4f}",
+        f"  LLR =          {w[0]:.4f} x score"
+        + "".join(f" {'+' if v >= 0 else '-'} {abs(v):.4f} x {q}" for v, q in zip(w[1:], result["quality"]))
+        + f" {'+' if result['bias'] >= 0 else '-'} {abs(result['bias']):.4f}",
         "",
         "on the fitting trials (judge it on other ones: speakerzoo score --calibration):",
         *calibration_lines(result["on_fitting_trials"]),

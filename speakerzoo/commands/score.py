@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "--p-target, --c-miss, --c-fa, and the decision threshold")
     out = parser.add_argument_group("output")
     out.add_argument("--det", type=Path, metavar="DET.png", help="draw the DET curve into this image")
-    out.add_argument("--scores", type=Path, metavar="FILE", help="write 'enrol test score [label]' lines")
+    out.add_argument("--scores", type=Path, metavar="FILE",
+                     help="write 'enrol test score [label]' lines ('enrol test score llr posterior [label]' with "
+                          "--calibration, the posterior at --p-target)")
     out.add_argument("--plot", type=Path, metavar="BAYES.png",
                      help="with --calibration: draw the Bayes error plot (actual and minimum DCF across priors)")
     out.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")

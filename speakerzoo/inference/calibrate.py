@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from speakerzoo.calibration import CalibrationError, ScoreCalibrator
-from speakerzoo.inference.score_files import calibrated_metrics, calibration_info, draw_bayes_error, scored_trials
+from speakerzoo.inference.score_files import (
+    DURATION_QUALITY,
+    calibrated_metrics,
+    calibration_info,
+    draw_bayes_error,
+    scored_trials,
+    trial_quality,
+)
 from speakerzoo.scoring import eer
 
 __all__ = ["calibrate_embeddings", "default_output"]
@@ -32,16 +39,20 @@ def calibrate_embeddings(
     c_miss: float = 1.0,
     c_fa: float = 1.0,
     plot: str | Path | None = None,
+    quality: bool = False,
     **scoring: Any,
 ) -> dict[str, Any]:
     """Fit a calibration on the labelled trials of a corpus part (default ``part="val"``, never
     the part it will be judged on) or of a trial list, scored with ``embeddings`` as
     :func:`~speakerzoo.inference.score_files.scored_trials` does (``scoring``: its keyword
     arguments); write it to ``output`` (default :func:`default_output`) and return it with its
-    metrics on the fitting trials (and their Bayes error plot in ``plot``)."""
+    metrics on the fitting trials (and their Bayes error plot in ``plot``). With ``quality``, the
+    log durations of the enrolment and test utterances enter the fit too (corpus trials only)."""
     scored = scored_trials(embeddings, **{"part": "val", **scoring})
     labels = scored.labels("calibration")
-    calibrator = ScoreCalibrator.fit(scored.scores, labels, p_effective=p_effective)
+    measures = trial_quality(scored, DURATION_QUALITY) if quality else None
+    calibrator = ScoreCalibrator.fit(scored.scores, labels, quality=measures,
+                                     quality_names=DURATION_QUALITY if quality else (), p_effective=p_effective)
     if calibrator.weights[0] <= 0:
         raise CalibrationError(
             f"on {scored.trial_list.source} higher scores are not more often targets (EER "
@@ -49,9 +60,9 @@ def calibrate_embeddings(
             "calibrate a trained model")
     calibrator.info.update(calibration_info(scored))
     path = calibrator.save(default_output(embeddings) if output is None else output)
-    metrics = calibrated_metrics(calibrator, scored.scores, labels, p_target, c_miss, c_fa)
+    metrics = calibrated_metrics(calibrator, scored.scores, labels, p_target, c_miss, c_fa, measures)
     if plot is not None:
-        metrics["plot"] = str(draw_bayes_error(plot, calibrator.llr(scored.scores), labels, p_target,
+        metrics["plot"] = str(draw_bayes_error(plot, calibrator.llr(scored.scores, measures), labels, p_target,
                                                title=f"{Path(embeddings[0]).name}: the fitting trials"))
     return {
         "calibration": str(path),
@@ -60,6 +71,7 @@ def calibrate_embeddings(
         "normalisation": scored.normalisation,
         "fusion": scored.fused,
         "weights": calibrator.weights,
+        "quality": calibrator.quality,
         "bias": calibrator.bias,
         "p_effective": p_effective,
         "targets": calibrator.info["targets"],

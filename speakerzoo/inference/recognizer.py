@@ -138,6 +138,9 @@ class SpeakerRecognizer:
         else:
             digest = sha256_of(self.checkpoint) if self.checkpoint is not None and self.checkpoint.is_file() else None
             calibrator, name = ScoreCalibrator.load(calibration, checkpoint_sha256=digest), str(calibration)
+        if calibrator.quality:
+            raise CalibrationError(f"{name} also weighs quality measures ({', '.join(calibrator.quality)}), which "
+                                   "verification does not compute: fit one without --quality")
         if calibrator.info.get("normalisation") or calibrator.info.get("fusion", "none") != "none":
             raise CalibrationError(f"{name} was fitted on normalised or fused scores; verification scores plain cosine "
                                    "of one model: fit one without --fusion, --mean-norm or --asnorm")

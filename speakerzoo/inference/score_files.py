@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from speakerzoo.atomic import replaced_on_success
 from speakerzoo.calibration import CalibrationError, ScoreCalibrator
 from speakerzoo.embeddings import EmbeddingFile
 from speakerzoo.inference.trials import ScoreError, corpus_part, corpus_trials, read_trials
@@ -37,8 +38,8 @@ from speakerzoo.scoring import (
     speaker_means,
 )
 
-__all__ = ["ScoredTrials", "calibrated_metrics", "calibration_info", "check_cohort_options", "draw_bayes_error", "draw_det", "load_calibration",
-           "load_cohort", "model_tables", "score_embeddings", "score_enrolment", "scored_trials", "write_scores"]
+__all__ = ["ScoredTrials", "calibrated_metrics", "calibration_info", "DURATION_QUALITY", "check_cohort_options", "draw_bayes_error", "draw_det", "load_calibration",
+           "load_cohort", "model_tables", "score_embeddings", "score_enrolment", "scored_trials", "trial_quality", "write_scores"]
 
 
 def check_cohort_options(cohort: str | Path | None, mean_norm: bool, asnorm: bool) -> None:
@@ -131,15 +132,40 @@ def scored_trials(
     return ScoredTrials(files, trial_list, scores, hits, normalisation, norm, fused)
 
 
-def write_scores(path: str | Path, scored: ScoredTrials) -> Path:
-    """``enrol test score [label]`` lines, one per pair."""
+#: The quality measures a calibration can take (``calibrate --quality duration``): the log
+#: durations in seconds of the enrolment and the test utterance.
+DURATION_QUALITY = ("log_duration_enrol", "log_duration_test")
+
+
+def trial_quality(scored: ScoredTrials, names: Sequence[str]) -> Tensor:
+    """The quality measures ``names`` (of :data:`DURATION_QUALITY`) of every pair, ``[pairs, Q]``."""
+    unknown = [n for n in names if n not in DURATION_QUALITY]
+    if unknown:
+        raise CalibrationError(f"unknown quality measure(s) {unknown}; this speakerzoo knows {list(DURATION_QUALITY)}")
+    seconds = scored.trial_list.seconds
+    if seconds is None:
+        raise ScoreError(f"{scored.trial_list.source}: duration quality measures need the utterances' durations; score "
+                         "the trials of a corpus (--corpus C.h5) instead of a text trial list")
+    columns = {"log_duration_enrol": seconds[0], "log_duration_test": seconds[1]}
+    return torch.stack([columns[n].clamp_min(1e-3).log() for n in names], dim=1)
+
+
+def write_scores(path: str | Path, scored: ScoredTrials, calibrator: ScoreCalibrator | None = None,
+                 quality: Tensor | None = None, p_target: float = 0.01) -> Path:
+    """``enrol test score [label]`` lines, one per pair; with a calibration ``enrol test score llr
+    posterior [label]`` (the posterior of a target at ``p_target``). Complete or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     trial_list = scored.trial_list
-    with open(path, "w", encoding="utf-8") as f:
+    llr = post = None
+    if calibrator is not None:
+        llr = calibrator.llr(scored.scores, quality)
+        post = torch.sigmoid(llr + math.log(p_target / (1 - p_target)))
+    with replaced_on_success(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for i, (e, t) in enumerate(zip(trial_list.enrol, trial_list.test)):
             label = "" if trial_list.labels is None else f" {int(trial_list.labels[i])}"
-            f.write(f"{e} {t} {float(scored.scores[i]):.6f}{label}\n")
+            calibrated = "" if llr is None else f" {float(llr[i]):.4f} {float(post[i]):.6f}"
+            f.write(f"{e} {t} {float(scored.scores[i]):.6f}{calibrated}{label}\n")
     return path
 
 
@@ -167,8 +193,9 @@ def score_embeddings(
         raise ScoreError("--plot draws the Bayes error plot of calibrated scores: give --calibration CAL.json too")
     scored = scored_trials(embeddings, **scoring)
     calibrator = load_calibration(calibration, scored) if calibration is not None else None
+    quality = trial_quality(scored, calibrator.quality) if calibrator is not None and calibrator.quality else None
     if scores_file is not None:
-        write_scores(scores_file, scored)
+        write_scores(scores_file, scored, calibrator, quality, p_target)
     if scored.trial_list.labels is None:
         raise ScoreError(f"{scored.trial_list.source} has no labels: scores were "
                          f"{'written to ' + str(scores_file) if scores_file else 'computed'}, but there is "
@@ -181,10 +208,10 @@ def score_embeddings(
               "normalisation": scored.normalisation, **result}
     if calibrator is not None:
         result["calibration"] = {"file": str(calibration),
-                                 **calibrated_metrics(calibrator, scores, labels, p_target, c_miss, c_fa)}
+                                 **calibrated_metrics(calibrator, scores, labels, p_target, c_miss, c_fa, quality)}
         if plot is not None:
             result["calibration"]["plot"] = str(draw_bayes_error(
-                plot, calibrator.llr(scores), labels, p_target,
+                plot, calibrator.llr(scores, quality), labels, p_target,
                 title=f"{' + '.join(Path(p).name for p in embeddings)} calibrated by {Path(calibration).name}"))
     if det is not None:
         norm = scored.norm
@@ -197,12 +224,12 @@ def score_embeddings(
 
 
 def calibrated_metrics(calibrator: ScoreCalibrator, scores: Tensor, labels: Tensor, p_target: float = 0.01,
-                       c_miss: float = 1.0, c_fa: float = 1.0) -> dict[str, Any]:
+                       c_miss: float = 1.0, c_fa: float = 1.0, quality: Tensor | None = None) -> dict[str, Any]:
     """What the calibrated scores (LLRs) of labelled trials are worth: Cllr (bits; below 1 means
     informative), minCllr (what a perfect calibration would reach), the actual DCF of the Bayes
     decisions at ``p_target``, ``c_miss``, ``c_fa`` beside the minimum DCF, and the Bayes
-    threshold as an LLR and as a raw score."""
-    llr = calibrator.llr(scores)
+    threshold as an LLR and as a raw score (``None`` with quality measures: it differs per trial)."""
+    llr = calibrator.llr(scores, quality)
     theta = bayes_threshold(p_target, c_miss, c_fa)
     try:
         score_threshold: float | None = calibrator.score_threshold(theta)
@@ -216,6 +243,7 @@ def calibrated_metrics(calibrator: ScoreCalibrator, scores: Tensor, labels: Tens
         "bayes_threshold_llr": theta,
         "bayes_threshold_score": score_threshold,
         "dcf_parameters": {"p_target": p_target, "c_miss": c_miss, "c_fa": c_fa},
+        "quality": list(calibrator.quality),
     }
 
 

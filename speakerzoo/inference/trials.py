@@ -29,6 +29,8 @@ class TrialList:
         labels: ``[M]`` int64 (1 target, 0 non-target), or ``None`` for an unlabelled list.
         ident: ``A`` rows of ids ``(anchor, positive, negative_1, ...)``, possibly none.
         source: where the trials came from, in words.
+        seconds: ``([M], [M])`` float64 durations of the enrol and test utterances, when known
+            (corpus trials); ``None`` for a text list.
     """
 
     enrol: list[str]
@@ -36,6 +38,7 @@ class TrialList:
     labels: Tensor | None
     ident: list[list[str]]
     source: str
+    seconds: tuple[Tensor, Tensor] | None = None
 
 
 def _label(token: str) -> int | None:
@@ -106,6 +109,7 @@ def corpus_trials(corpus_path: str | Path, split: str = "speaker", part: str = "
     try:
         pairs, ident = corpus.trials(split, part)
         ids = corpus.texts("utt_id")
+        seconds = torch.as_tensor(corpus.num_samples, dtype=torch.float64) / corpus.sample_rate
     finally:
         corpus.close()
     return TrialList(
@@ -114,6 +118,7 @@ def corpus_trials(corpus_path: str | Path, split: str = "speaker", part: str = "
         labels=torch.as_tensor(pairs[:, 2], dtype=torch.int64),
         ident=[[ids[i] for i in row] for row in ident],
         source=f"corpus {corpus_path}, split {split}, part {part}",
+        seconds=(seconds[torch.as_tensor(pairs[:, 0])], seconds[torch.as_tensor(pairs[:, 1])]),
     )
 
 

@@ -194,3 +194,21 @@ def test_duration_quality_and_calibrated_scores_files(parts, tmp_path, capsys) -
     assert code == 2 and "duration quality measures need the utterances' durations" in capsys.readouterr().err
     code = verify_cmd.main(["a.wav", "b.wav", "-c", str(parts["checkpoint"]), "--calibration", str(cal_path), "-q"])
     assert code == 2 and "quality measures" in capsys.readouterr().err  # refused before any audio is read
+
+
+def test_an_unlabelled_list_is_scored_into_a_file_with_llrs(parts, tmp_path, capsys) -> None:
+    cal_path = tmp_path / "c.json"
+    run_json(calibrate_cmd, capsys, parts["val"], "--corpus", parts["corpus"], "--split", "utterance",
+             "--output", cal_path)
+    scored = scored_trials([parts["test"]], corpus=parts["corpus"], split="utterance", part="test")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("".join(f"{e} {t}\n" for e, t in zip(scored.trial_list.enrol[:7], scored.trial_list.test[:7])))
+    out = tmp_path / "scores.txt"
+    result = run_json(score_cmd, capsys, parts["test"], "--trials", pairs, "--calibration", cal_path, "--scores", out)
+    assert result["labelled"] is False and result["pairs"] == 7 and "eer" not in result
+    rows = [line.split() for line in out.read_text().splitlines()]
+    assert len(rows) == 7 and all(len(r) == 5 for r in rows)  # enrol test score llr posterior
+    calibrator = ScoreCalibrator.load(cal_path)
+    assert float(rows[0][3]) == pytest.approx(float(calibrator.llr(scored.scores[:1])), abs=1e-4)
+    code = score_cmd.main([str(parts["test"]), "--trials", str(pairs)])
+    assert code == 2 and "give --scores FILE" in capsys.readouterr().err

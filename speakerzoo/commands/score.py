@@ -181,8 +181,16 @@ def _enrolment_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _unlabelled(result: dict[str, Any]) -> str:
+    calibrated = f", with LLRs by {result['calibration']['file']}" if "calibration" in result else ""
+    return (f"scored {result['embeddings']}\n  trials         {result['trials']} : {result['pairs']} pairs, no labels "
+            f"(no EER)\n  normalisation  {result['normalisation']}\n  scores         {result['scores_file']}{calibrated}")
+
+
 def render(result: dict[str, Any]) -> str:
-    return _enrolment_table(result) if "enrolment" in result else _table(result)
+    if "enrolment" in result:
+        return _enrolment_table(result)
+    return _unlabelled(result) if result.get("labelled") is False else _table(result)
 
 
 def main(argv: list[str] | None = None) -> int:

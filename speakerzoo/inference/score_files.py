@@ -196,10 +196,14 @@ def score_embeddings(
     quality = trial_quality(scored, calibrator.quality) if calibrator is not None and calibrator.quality else None
     if scores_file is not None:
         write_scores(scores_file, scored, calibrator, quality, p_target)
-    if scored.trial_list.labels is None:
-        raise ScoreError(f"{scored.trial_list.source} has no labels: scores were "
-                         f"{'written to ' + str(scores_file) if scores_file else 'computed'}, but there is "
-                         f"no EER without target/non-target labels")
+    if scored.trial_list.labels is None:  # an unlabelled list: the scores are the result
+        if scores_file is None:
+            raise ScoreError(f"{scored.trial_list.source} has no labels, so there is no EER: give --scores FILE to "
+                             "write the scores (with --calibration, their LLRs too)")
+        return {"embeddings": " + ".join(str(p) for p in embeddings), "trials": scored.trial_list.source,
+                "fusion": scored.fused, "normalisation": scored.normalisation, "pairs": len(scored.trial_list.enrol),
+                "labelled": False, "scores_file": str(scores_file),
+                **({"calibration": {"file": str(calibration)}} if calibration is not None else {})}
     labels = scored.labels()
     scores = scored.scores
     result = evaluate_trials(scores, labels, scored.hits, p_target, c_miss, c_fa, far)

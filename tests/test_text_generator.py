@@ -214,3 +214,16 @@ def test_dropout_between_and_after_lstm_layers():
     assert single.lstm.dropout == 0 and isinstance(single.dropout, nn.Dropout) and single.dropout.p == 0.2
     logits, (h, c) = deep(torch.zeros(2, 5, dtype=torch.long))
     assert logits.shape == (2, 5, 20) and h.shape == (3, 2, 32)
+
+
+def test_a_pretrained_gpt2_that_writes_no_text_is_a_one_line_error(tmp_path, frame_text, monkeypatch):
+    from speakerzoo.errors import user_error
+    from speakerzoo.zoo.text_generator import GenerationError
+
+    torch.manual_seed(0)
+    _save_tiny_pretrained(tmp_path, frame_text)
+    gen = TextGenerator("gpt2", pretrained=str(tmp_path), alphabet="ignored")
+    monkeypatch.setattr(gen, "decode", lambda ids: "")  # every token decodes to nothing
+    with pytest.raises(GenerationError, match="fewer than 50 characters after 100 rounds") as err:
+        gen.sample(1, block_chars=50, seed=0)
+    assert user_error(err.value) is err.value  # the commands print it as one line, no traceback

@@ -44,9 +44,13 @@ from torch.utils.data import TensorDataset
 
 from speakerzoo.zoo.vocabulary import CharVocabulary
 
-__all__ = ["CharLSTM", "TextGenerator", "text_windows", "ARCHITECTURES"]
+__all__ = ["CharLSTM", "GenerationError", "TextGenerator", "text_windows", "ARCHITECTURES"]
 
 ARCHITECTURES = ("lstm", "gpt2")
+
+
+class GenerationError(RuntimeError):
+    """A generator that cannot write the text asked for; the message says what to do."""
 
 
 class CharLSTM(nn.Module):
@@ -311,4 +315,6 @@ class TextGenerator(L.LightningModule):
             for row, i in enumerate(short):
                 rows[i] = torch.cat([rows[i], extra[row]])
                 texts[i] = self.decode(rows[i])
-        raise RuntimeError(f"GPT-2 gave fewer than {block_chars} characters after 100 rounds of sampling")
+        raise GenerationError(f"GPT-2 gave fewer than {block_chars} characters after 100 rounds of sampling (its "
+                              "tokens decode to little or no text): fine-tune it longer on the frame text, or use "
+                              "the character-level GPT-2 (no --pretrained) or the LSTM")

@@ -1,4 +1,5 @@
-"""``speakerzoo checkpoints {list,add,verify}``: the checkpoint registry from the command line.
+"""``speakerzoo checkpoints {list,add,verify,strip}``: the checkpoint registry from the command line,
+and inference checkpoints.
 
 ::
 
@@ -6,9 +7,13 @@
         --corpus "toy, 40 speakers, split by speaker" --eer 0.125
     speakerzoo checkpoints list
     speakerzoo checkpoints verify            # every entry; or: verify ecapa-toy
+    speakerzoo checkpoints strip runs/.../best-014.ckpt --output checkpoints/ecapa-sc.ckpt --half
 
 ``add`` computes the sha256 and reads the model class from the checkpoint; ``verify`` re-hashes
-the files (URL entries only when downloaded, or with ``--download``); ``list`` prints a table.
+the files (URL entries only when downloaded, or with ``--download``); ``list`` prints a table;
+``strip`` writes an inference checkpoint (:func:`speakerzoo.zoo.strip.strip_checkpoint`: weights,
+optionally float16, hyper-parameters and metadata, no optimiser state) and checks it embeds as
+the original.
 The registry is ``--registry FILE``, else ``$SPEAKERZOO_REGISTRY``, else the source checkout's
 ``checkpoints/registry.yaml`` (see :mod:`speakerzoo.zoo.registry`).
 
@@ -37,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="speakerzoo checkpoints",
         description="The registry of trained checkpoints: name -> file or URL, sha256, class, corpus, EER.",
     )
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{list,add,verify}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{list,add,verify,strip}")
 
     def registry_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--registry", metavar="FILE",
@@ -62,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_verify.add_argument("--download", action="store_true",
                           help="download URL entries that are not in the cache yet (otherwise they are skipped)")
     registry_option(p_verify)
+
+    p_strip = sub.add_parser("strip", help="write an inference checkpoint: weights, hyper-parameters and metadata, "
+                                           "no optimiser state")
+    p_strip.add_argument("checkpoint", help="the .ckpt file or registered name")
+    p_strip.add_argument("--output", "-o", required=True, help="the inference checkpoint to write")
+    p_strip.add_argument("--half", action="store_true",
+                         help="float16 weights (half the size; cast back to float32 when loaded; checked to embed "
+                              "within max |diff| 0.01 and cosine 0.999 of the original)")
     return parser
 
 
@@ -110,6 +123,13 @@ def _verify(registry: reg.Registry, name: str | None, download: bool) -> int:
 def run(args: argparse.Namespace) -> str | int:
     """The action of ``args``: the text to print (``add``, ``list``), or the exit code of ``verify``
     (its lines already printed) or of a registry error."""
+    if args.action == "strip":
+        from speakerzoo.zoo.strip import strip_checkpoint
+
+        r = strip_checkpoint(args.checkpoint, args.output, half=args.half)
+        return (f"wrote {r.output}: {r.bytes_after / 2**20:.1f} MiB ({r.dtype} weights; {r.source} was "
+                f"{r.bytes_before / 2**20:.1f} MiB), sha256 {r.sha256}\n"
+                f"  embeddings against the original: max |diff| {r.max_abs_diff:.2e}, min cosine {r.min_cosine:.6f}")
     try:
         if args.action == "add":
             entry = reg.add_entry(args.name, args.checkpoint, corpus=args.corpus, eer=args.eer,

@@ -75,6 +75,16 @@ def array_digest(values: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
 
 
+def read_texts_checked(dataset: h5py.Dataset) -> list[str]:
+    """The strings of a text dataset, checked against its ``sha256`` attribute (:func:`text_digest`)
+    where it has one."""
+    values = [s.decode() if isinstance(s, bytes) else str(s) for s in dataset[:]]
+    stored = dataset.attrs.get("sha256")
+    if stored is not None and text_digest(values) != stored:
+        raise ChecksumMismatch(f"{dataset.name} fails its checksum")
+    return values
+
+
 def read_checked(dataset: h5py.Dataset) -> np.ndarray:
     """The whole of ``dataset``, checked against its ``sha256`` attribute where it has one."""
     values = dataset[()]
@@ -220,6 +230,14 @@ class AtomicH5Writer:
         dataset = self._h5.create_dataset(name, data=data, fletcher32=True, **kwargs)
         if data is not None:
             dataset.attrs["sha256"] = array_digest(dataset[()])
+        return dataset
+
+    def text_dataset(self, name: str, values) -> h5py.Dataset:
+        """A dataset of strings with the :func:`text_digest` of its values as the attribute
+        ``sha256`` (read back with :func:`read_texts_checked`)."""
+        values = [str(v) for v in values]
+        dataset = self._h5.create_dataset(name, data=np.asarray(values, dtype=object), dtype=h5py.string_dtype())
+        dataset.attrs["sha256"] = text_digest(values)
         return dataset
 
     def __exit__(self, exc_type, exc, tb) -> None:

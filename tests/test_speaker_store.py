@@ -132,3 +132,16 @@ def test_identification_says_unknown_when_nobody_enrolled_passes(fsdd_tiny_ecapa
     assert identify_cmd.main([probe, "-c", str(fsdd_tiny_ecapa), "--store", str(store), "--threshold", "0.999",
                               "-q"]) == 0
     assert "identified: unknown (no enrolled speaker reaches the threshold)" in capsys.readouterr().out
+
+
+def test_a_store_changed_after_writing_fails_its_checksum(fsdd_tiny_ecapa, fsdd_root, tmp_path):
+    rec = SpeakerRecognizer.from_pretrained(fsdd_tiny_ecapa, device="cpu", progress=False)
+    rec.enrol("alice", [wav(fsdd_root, 1, "theo", 10)])
+    path = rec.save_store(tmp_path / "s.h5")
+    with h5py.File(path, "a") as h5:  # a name changed in place, its digest not
+        digest = h5["speaker"].attrs["sha256"]
+        del h5["speaker"]
+        h5.create_dataset("speaker", data=["mallory"], dtype=h5py.string_dtype())
+        h5["speaker"].attrs["sha256"] = digest
+    with pytest.raises(EnrolError, match="s.h5 is damaged"):
+        read_store(path)

@@ -48,12 +48,11 @@ from speakerzoo.h5file import (
     is_checksum_failure,
     read_blocks_checked,
     read_checked,
-    text_digest,
+    read_texts_checked,
 )
 
 FORMAT = "speakerzoo-corpus"
 SCHEMA_VERSION = 1
-_STR = h5py.string_dtype()
 #: Rows per HDF5 chunk, and per CRC-32 of a corpus' audio (samples) and cached features (frames).
 AUDIO_BLOCK = 1 << 16
 FEATURE_BLOCK = 4096
@@ -193,8 +192,7 @@ class CorpusWriter(AtomicH5Writer):
         self.dataset("audio_crc32", data=self._audio_crc.finish())
         self.dataset("speaker", data=speaker)
         for key, values in self._text.items():
-            h5.create_dataset(key, data=np.asarray(values, dtype=object), dtype=_STR)
-            h5[key].attrs["sha256"] = text_digest(values)
+            self.text_dataset(key, values)
         self.dataset("duration", data=(np.diff(offsets) / self.sample_rate).astype(np.float32))
         self.dataset("splits/noise", data=np.flatnonzero(speaker < 0).astype(np.int64))
         for mode, split_fn in (("utterance", splitting.split_by_utterance), ("speaker", splitting.split_by_speaker)):
@@ -375,12 +373,10 @@ class Corpus:
         the digest stored beside it, where the corpus has one)."""
         if field not in _TEXT_FIELDS:
             raise KeyError(f"{field!r} is not one of {_TEXT_FIELDS}")
-        dataset = self._file()[field]
-        values = [s.decode() if isinstance(s, bytes) else s for s in dataset[:]]
-        stored = dataset.attrs.get("sha256")
-        if stored is not None and text_digest(values) != stored:
-            raise self._damaged(f"its {field} list")
-        return values
+        try:
+            return read_texts_checked(self._file()[field])
+        except ChecksumMismatch:
+            raise self._damaged(f"its {field} list") from None
 
     def split(self, mode: str, part: str) -> np.ndarray:
         """Utterance indices of ``part`` (train/val/test) under split ``mode`` (utterance/speaker)."""

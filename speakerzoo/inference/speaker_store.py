@@ -3,8 +3,9 @@ checkpoint, so that speakers are enrolled once and verified or identified agains
 
 The file holds every enrolment utterance's embedding with its speaker, profile and source, and
 the sha256 and class of the checkpoint that made them; it is refused for another checkpoint
-(its embeddings would not be comparable). Written under a temporary name and renamed when
-complete, so an interrupted update keeps the previous store. ``speakerzoo enrol`` adds,
+(its embeddings would not be comparable). Written by the package's complete-or-nothing writer
+(:class:`speakerzoo.h5file.AtomicH5Writer`: a temporary name renamed when complete, a lock
+against a second writer, checksums read back), so an interrupted update keeps the previous store. ``speakerzoo enrol`` adds,
 replaces and removes speakers and profiles; ``verify`` and ``identify`` read it with
 ``--store``; in Python :meth:`speakerzoo.SpeakerRecognizer.enrol_store` and
 :meth:`~speakerzoo.SpeakerRecognizer.save_store`.
@@ -19,17 +20,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import h5py
-import numpy as np
 import torch
 
-from speakerzoo.atomic import replaced_on_success
+from speakerzoo.h5file import AtomicH5Writer, ChecksumMismatch, read_checked, read_texts_checked
 from speakerzoo.inference.enrolment import Enrolment, EnrolError
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "read_store", "write_store"]
 
 FORMAT = "speakerzoo-speakers"
 SCHEMA_VERSION = 1
-_TEXT = h5py.string_dtype("utf-8")
+_TEXTS = ("speaker", "source", "profile")
+
+
+class _StoreWriter(AtomicH5Writer):
+    """The writer of one store (the shared complete-or-nothing writer, with its lock and checksums)."""
+
+    def finish(self, embedding, columns: dict[str, list[str]], attrs: dict) -> Path:
+        self.dataset("embedding", data=embedding)
+        for key in _TEXTS:
+            self.text_dataset(key, columns[key])
+        self._h5.attrs.update({**attrs, "format": FORMAT, "schema_version": SCHEMA_VERSION, "complete": True})
+        return self._commit()
 
 
 def write_store(path: str | Path, enrolment: Enrolment, checkpoint_sha256: str, model_class: str) -> Path:
@@ -41,17 +52,11 @@ def write_store(path: str | Path, enrolment: Enrolment, checkpoint_sha256: str, 
     if not rows:
         raise EnrolError(f"{path}: no speakers to store; enrol some first")
     embedding = torch.stack([r[1] for r in rows]).float().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replaced_on_success(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs.update({"format": FORMAT, "schema_version": SCHEMA_VERSION, "complete": False,
-                             "checkpoint_sha256": str(checkpoint_sha256), "model_class": str(model_class),
-                             "embedding_dim": int(embedding.shape[1])})
-            h5.create_dataset("embedding", data=embedding)
-            for key, column in (("speaker", 0), ("source", 2), ("profile", 3)):
-                h5.create_dataset(key, data=np.array([str(r[column]) for r in rows], dtype=object), dtype=_TEXT)
-            h5.attrs["complete"] = True
-    return path
+    columns = {"speaker": [r[0] for r in rows], "source": [r[2] for r in rows], "profile": [r[3] for r in rows]}
+    with _StoreWriter(path) as writer:
+        return writer.finish(embedding, columns, {"checkpoint_sha256": str(checkpoint_sha256),
+                                                  "model_class": str(model_class),
+                                                  "embedding_dim": int(embedding.shape[1])})
 
 
 def read_store(path: str | Path, checkpoint_sha256: str | None = None) -> Enrolment:
@@ -71,11 +76,13 @@ def read_store(path: str | Path, checkpoint_sha256: str | None = None) -> Enrolm
                                  f"{SCHEMA_VERSION}; enrol the speakers again")
             if not bool(attrs.get("complete", False)):
                 raise EnrolError(f"{path}: not completely written; enrol the speakers again")
-            embedding = torch.from_numpy(h5["embedding"][:])
-            columns = {key: [v.decode() if isinstance(v, bytes) else str(v) for v in h5[key][:]]
-                       for key in ("speaker", "source", "profile")}
+            embedding = torch.from_numpy(read_checked(h5["embedding"]))
+            columns = {key: read_texts_checked(h5[key]) for key in _TEXTS}
     except EnrolError:
         raise
+    except ChecksumMismatch as err:
+        raise EnrolError(f"{path} is damaged: {err} (the file changed after it was written); copy it again, or "
+                         "enrol the speakers again") from None
     except (OSError, KeyError) as err:
         raise EnrolError(f"{path}: not a readable speaker store ({err}); enrol the speakers again") from None
     recorded = str(attrs.get("checkpoint_sha256", ""))

@@ -107,8 +107,11 @@ class ScoreCalibrator:
         """
         if not 0.0 < p_effective < 1.0:
             raise CalibrationError(f"p_effective must be in (0, 1), not {p_effective}")
-        n_quality = 0 if quality is None else (1 if torch.as_tensor(quality).dim() == 1 else torch.as_tensor(quality).shape[1])
-        x = _as_features(scores, quality, n_quality)
+        if quality is not None:
+            quality = torch.as_tensor(quality)
+            quality = quality[:, None] if quality.dim() == 1 else quality
+        x = _as_features(scores, quality, 0 if quality is None else quality.shape[1])
+        n_quality = x.shape[1] - 1
         y = torch.as_tensor(labels).detach().flatten().bool()
         if y.numel() != x.shape[0]:
             raise CalibrationError(f"scores and labels differ in size: {x.shape[0]} vs {y.numel()}")
@@ -154,6 +157,18 @@ class ScoreCalibrator:
         if not 0.0 < p_target < 1.0:
             raise CalibrationError(f"p_target must be in (0, 1), not {p_target}")
         return torch.sigmoid(self.llr(scores, quality) + math.log(p_target / (1 - p_target)))
+
+    def check_scoring(self, normalisation: Sequence[str], fusion: str, source: str = "the calibration") -> None:
+        """Refuse scores made another way than the ones it was fitted on (the ``normalisation`` and
+        ``fusion`` its ``info`` records; a calibration holds for one way of scoring)."""
+        fix = "fit one on these scores with `speakerzoo calibrate` (same embeddings options, other trials)"
+        for key, mine, what in (("normalisation", list(normalisation), "score normalisation"),
+                                ("fusion", fusion, "fusion")):
+            if key in self.info and self.info[key] != mine:
+                theirs = " + ".join(self.info[key]) if isinstance(self.info[key], list) else self.info[key]
+                now = " + ".join(mine) if isinstance(mine, list) else mine
+                raise CalibrationError(f"{source} was fitted on scores with {what} {theirs or 'none'}, these have "
+                                       f"{now or 'none'}: a calibration holds for one way of scoring; {fix}")
 
     def score_threshold(self, llr_threshold: float) -> float:
         """The raw score whose LLR is ``llr_threshold`` (no quality measures, positive weight):

@@ -184,9 +184,18 @@ def eer_threshold(scores: Tensor, labels: Tensor) -> float:
     return _eer(scores, labels)[1]
 
 
+def normalized_dcf(p_miss: Tensor, p_fa: Tensor, p_target: float | Tensor, c_miss: float = 1.0,
+                   c_fa: float = 1.0) -> Tensor:
+    """NIST's normalised detection cost of miss and false-alarm rates: ``(c_miss p_target P_miss +
+    c_fa (1 - p_target) P_fa) / min(c_miss p_target, c_fa (1 - p_target))``, 1 for a system that
+    always rejects or always accepts. ``p_target`` may be a tensor of priors (broadcast)."""
+    p = torch.as_tensor(p_target, dtype=torch.float64)
+    return (c_miss * p * p_miss + c_fa * (1 - p) * p_fa) / torch.minimum(c_miss * p, c_fa * (1 - p))
+
+
 def _min_dcf(scores: Tensor, labels: Tensor, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float]:
     p_fa, p_miss, thr = det_curve(scores, labels)
-    cost = (c_miss * p_target * p_miss + c_fa * (1.0 - p_target) * p_fa) / min(c_miss * p_target, c_fa * (1.0 - p_target))
+    cost = normalized_dcf(p_miss, p_fa, p_target, c_miss, c_fa)
     i = int(torch.argmin(cost))
     return float(cost[i]), float(thr[i])
 
@@ -352,9 +361,7 @@ def act_dcf(llr: Tensor, labels: Tensor, p_target: float = 0.01, c_miss: float =
     chooses the best threshold after the fact, so ``act_dcf >= min_dcf``)."""
     llr, labels = _check_binary(llr, labels)
     accept = llr >= bayes_threshold(p_target, c_miss, c_fa)
-    p_miss = float((~accept[labels]).double().mean())
-    p_fa = float(accept[~labels].double().mean())
-    return (c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa) / min(c_miss * p_target, c_fa * (1 - p_target))
+    return float(normalized_dcf((~accept[labels]).double().mean(), accept[~labels].double().mean(), p_target, c_miss, c_fa))
 
 
 def bayes_error_curve(llr: Tensor, labels: Tensor, prior_log_odds: Tensor) -> tuple[Tensor, Tensor]:
@@ -372,7 +379,6 @@ def bayes_error_curve(llr: Tensor, labels: Tensor, prior_log_odds: Tensor) -> tu
     """
     llr, labels = _check_binary(llr, labels)
     eta = torch.as_tensor(prior_log_odds, dtype=torch.float64).flatten()
-    prior = torch.sigmoid(eta)
 
     def cost(values: Tensor) -> Tensor:
         target = torch.sort(values[labels].double()).values
@@ -380,7 +386,7 @@ def bayes_error_curve(llr: Tensor, labels: Tensor, prior_log_odds: Tensor) -> tu
         threshold = (-eta).contiguous()
         p_miss = torch.searchsorted(target, threshold, side="left").double() / target.numel()  # llr < -eta
         p_fa = 1 - torch.searchsorted(nontarget, threshold, side="left").double() / nontarget.numel()  # llr >= -eta
-        return (prior * p_miss + (1 - prior) * p_fa) / torch.minimum(prior, 1 - prior)
+        return normalized_dcf(p_miss, p_fa, torch.sigmoid(eta))
 
     return cost(llr), cost(pav_llr(llr, labels))
 

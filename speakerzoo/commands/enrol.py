@@ -91,14 +91,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise EnrolError("nothing to do: give --enrol NAME=FILE ..., --remove NAME or --list")
     if not args.list:
         rec.save_store(args.output)
-    speakers = {}
-    for name in rec.enrolment.names:
-        profiles: dict[str, int] = {}
-        for profile in rec.enrolment.profile_list(name):
-            profiles[profile] = profiles.get(profile, 0) + 1
-        speakers[name] = profiles
     return {"store": str(args.output), "checkpoint": str(rec.checkpoint), "written": not args.list,
-            "created": not existed, "speakers": speakers}
+            "created": not existed, "speakers": rec.enrolment.profile_counts()}
 
 
 def render(result: dict[str, Any]) -> str:

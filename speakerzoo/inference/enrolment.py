@@ -240,20 +240,26 @@ class Enrolment:
         """Forget speaker ``name``, or only its ``profile`` (``KeyError`` naming what is enrolled)."""
         if name not in self.embeddings:
             raise KeyError(f"unknown speaker {name!r}; enrolled: {', '.join(self.embeddings) or 'none'}")
-        if profile is None or set(self.profile_list(name)) == {profile}:
-            if profile is not None and profile not in self.profile_list(name):
-                raise KeyError(f"speaker {name!r} has no profile {profile!r}")
+        profiles = self.profile_list(name)
+        if profile is not None and profile not in profiles:
+            raise KeyError(f"speaker {name!r} has no profile {profile!r}; its profiles: {', '.join(sorted(set(profiles)))}")
+        keep = [i for i, p in enumerate(profiles) if profile is not None and p != profile]
+        if not keep:  # the speaker, or its only profile
             del self.embeddings[name], self.utterances[name]
             self.profiles.pop(name, None)
             return
-        keep = [i for i, p in enumerate(self.profile_list(name)) if p != profile]
-        if len(keep) == len(self.utterances[name]):
-            raise KeyError(f"speaker {name!r} has no profile {profile!r}; its profiles: "
-                           f"{', '.join(sorted(set(self.profile_list(name))))}")
-        profiles = self.profile_list(name)
         self.embeddings[name] = [self.embeddings[name][i] for i in keep]
         self.utterances[name] = [self.utterances[name][i] for i in keep]
         self.profiles[name] = [profiles[i] for i in keep]
+
+    def profile_counts(self) -> dict[str, dict[str, int]]:
+        """speaker -> profile -> number of enrolment utterances."""
+        counts: dict[str, dict[str, int]] = {}
+        for name in self.names:
+            for profile in self.profile_list(name):
+                counts.setdefault(name, {}).setdefault(profile, 0)
+                counts[name][profile] += 1
+        return counts
 
     @property
     def names(self) -> list[str]:

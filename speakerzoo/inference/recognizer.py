@@ -136,14 +136,16 @@ class SpeakerRecognizer:
         if isinstance(calibration, ScoreCalibrator):
             calibrator, name = calibration, "the calibration given"
         else:
-            digest = sha256_of(self.checkpoint) if self.checkpoint is not None and self.checkpoint.is_file() else None
-            calibrator, name = ScoreCalibrator.load(calibration, checkpoint_sha256=digest), str(calibration)
+            calibrator = ScoreCalibrator.load(calibration, checkpoint_sha256=self.checkpoint_sha256)
+            name = str(calibration)
         if calibrator.quality:
             raise CalibrationError(f"{name} also weighs quality measures ({', '.join(calibrator.quality)}), which "
                                    "verification does not compute: fit one without --quality")
-        if calibrator.info.get("normalisation") or calibrator.info.get("fusion", "none") != "none":
-            raise CalibrationError(f"{name} was fitted on normalised or fused scores; verification scores plain cosine "
-                                   "of one model: fit one without --fusion, --mean-norm or --asnorm")
+        try:
+            calibrator.check_scoring([], "none", name)  # verification scores plain cosine of one model
+        except CalibrationError as err:
+            raise CalibrationError(f"{name} was fitted on normalised or fused scores; verification scores plain "
+                                   "cosine of one model: fit one without --fusion, --mean-norm or --asnorm") from err
         value = calibrator.score_threshold(bayes_threshold(p_target, c_miss, c_fa))
         self.calibration = calibrator
         self.p_target = p_target
@@ -254,11 +256,18 @@ class SpeakerRecognizer:
         new.profiles = {name: [str(profile)] * len(sources) for name, sources in new.utterances.items()}
         self.enrolment.update(new)
 
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        """sha256 of the checkpoint file (``None`` for a model that did not come from a file):
+        what embeddings files, calibrations and speaker stores record to tell models apart."""
+        return sha256_of(self.checkpoint) if self.checkpoint is not None and self.checkpoint.is_file() else None
+
     def _checkpoint_sha256(self, what: str) -> str:
-        if self.checkpoint is None or not self.checkpoint.is_file():
+        digest = self.checkpoint_sha256
+        if digest is None:
             raise EnrolError(f"{what} needs the model's checkpoint file (the store records which model made its "
                              "embeddings); load the model with SpeakerRecognizer.from_pretrained")
-        return sha256_of(self.checkpoint)
+        return digest
 
     def enrol_store(self, path: str | Path) -> None:
         """Enrol the speakers of a store (:mod:`speakerzoo.inference.speaker_store`) made with this checkpoint."""

@@ -160,7 +160,7 @@ def write_scores(path: str | Path, scored: ScoredTrials, calibrator: ScoreCalibr
     llr = post = None
     if calibrator is not None:
         llr = calibrator.llr(scored.scores, quality)
-        post = torch.sigmoid(llr + math.log(p_target / (1 - p_target)))
+        post = calibrator.posterior(scored.scores, p_target, quality)
     with replaced_on_success(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for i, (e, t) in enumerate(zip(trial_list.enrol, trial_list.test)):
             label = "" if trial_list.labels is None else f" {int(trial_list.labels[i])}"
@@ -265,17 +265,11 @@ def load_calibration(path: str | Path, scored: ScoredTrials) -> ScoreCalibrator:
     scores of other checkpoints, another normalisation or another fusion than ``scored``."""
     checkpoints = scored.checkpoints
     calibrator = ScoreCalibrator.load(path, checkpoint_sha256=checkpoints[0] if len(checkpoints) == 1 else None)
-    info = calibrator.info
-    fix = "fit one on these scores with `speakerzoo calibrate` (same embeddings options, other trials)"
-    recorded = info.get("checkpoints_sha256")
+    recorded = calibrator.info.get("checkpoints_sha256")
     if recorded and all(recorded) and all(checkpoints) and list(recorded) != checkpoints:
-        raise CalibrationError(f"{path} was fitted on the scores of other checkpoints; {fix}")
-    for key, mine, what in (("normalisation", scored.norm, "score normalisation"), ("fusion", scored.fused, "fusion")):
-        if key in info and info[key] != mine:
-            theirs = " + ".join(info[key]) if isinstance(info[key], list) else info[key]
-            now = " + ".join(mine) if isinstance(mine, list) else mine
-            raise CalibrationError(f"{path} was fitted on scores with {what} {theirs or 'none'!s}, these have "
-                                   f"{now or 'none'}: a calibration holds for one way of scoring; {fix}")
+        raise CalibrationError(f"{path} was fitted on the scores of other checkpoints; fit one on these scores with "
+                               "`speakerzoo calibrate` (same embeddings options, other trials)")
+    calibrator.check_scoring(scored.norm, scored.fused, str(path))
     return calibrator
 
 

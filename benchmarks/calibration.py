@@ -33,11 +33,11 @@ from runs import write_results
 from speakerzoo.calibration import ScoreCalibrator
 from speakerzoo.commands import embed as embed_cmd
 from speakerzoo.inference.calibrate import calibrate_embeddings
-from speakerzoo.inference.score_files import scored_trials
+from speakerzoo.inference.score_files import calibrated_metrics, scored_trials
 from speakerzoo.embeddings import EmbeddingFile
 from speakerzoo.inference.bank import SpeakerBank
 from speakerzoo.inference.trials import corpus_part
-from speakerzoo.scoring import act_dcf, bayes_threshold, cllr, eer, min_cllr, min_dcf, open_set_identification
+from speakerzoo.scoring import act_dcf, bayes_threshold, cllr, eer, normalized_dcf, open_set_identification
 from speakerzoo.zoo import SpeakerEmbeddingModule
 
 P_TARGETS = (0.01, 0.05)
@@ -59,21 +59,23 @@ def evaluate(name: str, checkpoint: Path, corpus: Path, split: str, work: Path) 
     scored = scored_trials([test], corpus=corpus, split=split, part="test")
     labels = scored.labels()
     raw = scored.scores.double()
-    llr = calibrator.llr(raw)
     eer_threshold = SpeakerEmbeddingModule.from_pretrained(str(checkpoint)).eer_threshold
     thresholds = {f"bayes_threshold@{p}": calibrator.score_threshold(bayes_threshold(p)) for p in P_TARGETS}
     thresholds["eer_threshold"] = None if eer_threshold is None else float(eer_threshold)
+    calibrated = {p: calibrated_metrics(calibrator, raw, labels, p) for p in P_TARGETS}  # what `score` reports
     row = {"model": name, "checkpoint": str(checkpoint), "test_pairs": int(labels.numel()),
            "test_targets": int(labels.sum()), "weights": calibrator.weights, "bias": calibrator.bias,
-           "eer": eer(raw, labels), "cllr_raw": cllr(raw, labels), "cllr": cllr(llr, labels), "min_cllr": min_cllr(raw, labels)}
+           "eer": eer(raw, labels), "cllr_raw": cllr(raw, labels), "cllr": calibrated[P_TARGETS[0]]["cllr"],
+           "min_cllr": calibrated[P_TARGETS[0]]["min_cllr"]}
     row["open_set"] = open_set(test, corpus, split, thresholds)
     for p in P_TARGETS:
-        eer_accept = raw >= float(eer_threshold) if eer_threshold is not None else None
-        row[f"min_dcf@{p}"] = min_dcf(raw, labels, p)
-        row[f"act_dcf_raw@{p}"] = act_dcf(raw, labels, p)
-        row[f"act_dcf@{p}"] = act_dcf(llr, labels, p)
-        if eer_accept is not None:  # decide by the stored EER threshold: llr = +-inf on either side of it
-            row[f"dcf_eer_threshold@{p}"] = act_dcf(torch.where(eer_accept, torch.inf, -torch.inf), labels, p)
+        row[f"min_dcf@{p}"] = calibrated[p]["min_dcf"]
+        row[f"act_dcf_raw@{p}"] = act_dcf(raw, labels, p)  # the raw cosine read as an LLR
+        row[f"act_dcf@{p}"] = calibrated[p]["act_dcf"]
+        if eer_threshold is not None:  # deciding by the stored EER threshold
+            accept = raw >= float(eer_threshold)
+            row[f"dcf_eer_threshold@{p}"] = float(normalized_dcf(
+                (~accept[labels.bool()]).double().mean(), accept[~labels.bool()].double().mean(), p))
     return row
 
 

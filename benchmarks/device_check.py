@@ -67,6 +67,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.flop_counter import FlopCounterMode
 
+from runs import matmul_rate, synchronize
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 BUNDLED_DATA = REPO / ".device" / "data"
@@ -204,11 +206,6 @@ def prepare_corpora(data: Path, work: Path) -> dict[str, Path]:
 # Training through LightningCLI with a step meter.
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def examples_in(batch: Any) -> int:
     """Examples (crops, frames, clips) in a training batch: the leading size of its first tensor;
     for a multi-task batch of several task batches, their sum."""
@@ -340,20 +337,6 @@ def train(run: ModelRun, precision: str, corpora: dict[str, Path], sizes: Sizes,
     row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else math.nan
     row["ok"] = row["losses_finite"] and row["steps"] == sizes.steps
     return row, cli
-
-
-def matmul_rate(device: torch.device, n: int, dtype: torch.dtype = torch.bfloat16, repeat: int = 10) -> float:
-    """FLOP/s of an ``n x n`` matrix product in ``dtype`` (mean of ``repeat`` after 3 warm-ups)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeat):
-        a @ b
-    synchronize(device)
-    return 2 * n**3 * repeat / (time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,7 +533,7 @@ def check(out: Path, data_root: Path, dry: bool, only: list[str] | None = None, 
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "dry_run": dry, "environment": environment(device),
                               "sizes": sizes.__dict__, "training": []}
     try:
-        rate = matmul_rate(device, sizes.matmul)
+        rate = matmul_rate(device, sizes.matmul, torch.bfloat16)
         report.update(matmul_flop_rate=rate, matmul_tflops=rate / 1e12, matmul_n=sizes.matmul)
         data = link_subset(data_root, subset(data_root, sizes), work / "data")
         corpora = prepare_corpora(data, work)

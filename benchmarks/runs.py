@@ -1,5 +1,6 @@
 """What the experiment runners in this folder share: train a system through the CLI once, find its
-best checkpoint, and test a checkpoint on a corpus. Import it from a script in this folder
+best checkpoint, test a checkpoint on a corpus, and time GPU work (synchronised) against the
+machine's matrix-product rate. Import it from a script in this folder
 (``python benchmarks/NAME.py`` puts the folder on ``sys.path``)."""
 
 from __future__ import annotations
@@ -13,6 +14,35 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def synchronize(device) -> None:
+    """Wait for the work queued on a CUDA ``device`` (nothing to wait for on the CPU)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device, n: int, dtype=None, repeat: int = 10) -> float:
+    """FLOP/s of an ``n x n`` matrix product in ``dtype`` (default float32) on ``device``: the
+    median of ``repeat`` synchronised products after one untimed one."""
+    import statistics
+    import time
+
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    a @ b
+    times = []
+    for _ in range(repeat):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
 
 
 def fit_once(args: list[str], checkpoints: Path, log: Path, threads: int) -> None:

@@ -32,6 +32,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from runs import matmul_rate, synchronize
 from speakerzoo import zoo
 
 # Model names: zoo classes, or these aliases of a class at a given size.
@@ -46,24 +47,9 @@ MODELS = {
 }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_gflops(device: torch.device, n: int, repeat: int = 10) -> float:
     """fp32 rate of an ``n x n`` matrix product on ``device``, GFLOP/s (median of ``repeat``)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b
-    times = []
-    for _ in range(repeat):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return matmul_rate(device, n, repeat=repeat) / 1e9
 
 
 def build(name: str, num_speakers: int, device: torch.device) -> zoo.SpeakerEmbeddingModule:
@@ -85,10 +71,10 @@ def step_seconds(model, batch, args, bf16: bool) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
     for i in range(args.warmup + args.steps):
-        _sync(batch[0].device)
+        synchronize(batch[0].device)
         start = time.perf_counter()
         train_step(model, optimizer, *batch, bf16=bf16)
-        _sync(batch[0].device)
+        synchronize(batch[0].device)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)

@@ -271,7 +271,8 @@ def det_plot_data(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 # Scores as log-likelihood ratios (N. Brümmer, J. du Preez, "Application-independent evaluation of
 # speaker detection", Computer Speech and Language 20, 2006): Cllr, its minimum over monotone
 # maps of the scores (PAV), and the actual detection cost of the Bayes decisions an LLR implies.
-# Written here because torchmetrics and speechbrain have none of them.
+# Cllr and the actual DCF are written here (torchmetrics and speechbrain have neither); the
+# isotonic regression under minCllr is scipy's.
 
 
 def bayes_threshold(p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
@@ -305,31 +306,18 @@ def pav(scores: Tensor, labels: Tensor) -> Tensor:
     """The posterior probability of a target, per trial, that the pool-adjacent-violators
     algorithm fits to the labels: the non-decreasing function of the score closest to the labels
     in squared error (isotonic regression), equal scores pooled. float64, in the input order."""
+    from scipy.optimize import isotonic_regression  # scipy's pool-adjacent-violators
+
     scores, labels = _check_binary(scores, labels)
     s = scores.detach().double().cpu().numpy()
     y = labels.cpu().numpy().astype(np.float64)
     order = np.argsort(s, kind="stable")
     s, y = s[order], y[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # runs of equal scores start a block each
-    sums = list(np.add.reduceat(y, starts))
-    counts = list(np.diff(np.r_[starts, len(s)]).astype(np.float64))
-    block_sum: list[float] = []
-    block_count: list[float] = []
-    block_runs: list[int] = []
-    for total, n in zip(sums, counts):
-        runs = 1
-        # merge while the block before has a higher mean: the fit must not decrease
-        while block_sum and block_sum[-1] * n > total * block_count[-1]:
-            total += block_sum.pop()
-            n += block_count.pop()
-            runs += block_runs.pop()
-        block_sum.append(total)
-        block_count.append(n)
-        block_runs.append(runs)
-    run_means = np.repeat(np.array(block_sum) / np.array(block_count), block_runs)
-    sorted_fit = np.repeat(run_means, np.diff(np.r_[starts, len(s)]))
-    fit = np.empty_like(sorted_fit)
-    fit[order] = sorted_fit
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # runs of equal scores are pooled first
+    counts = np.diff(np.r_[starts, len(s)])
+    run_means = isotonic_regression(np.add.reduceat(y, starts) / counts, weights=counts.astype(np.float64)).x
+    fit = np.empty(len(s))
+    fit[order] = np.repeat(run_means, counts)
     return torch.from_numpy(fit)
 
 

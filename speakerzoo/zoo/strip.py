@@ -49,15 +49,16 @@ class StripResult:
         return asdict(self)
 
 
-def _embeddings(path: Path, sample_rate_seconds: tuple[float, ...] = (0.8, 1.5, 3.0)) -> torch.Tensor:
+def _embeddings(path: Path, seconds: tuple[float, ...] = (0.8, 1.5, 3.0)) -> torch.Tensor:
+    """Normalised embeddings of fixed noise clips of ``seconds`` by the model in ``path``."""
     from speakerzoo.zoo.base import SpeakerEmbeddingModule
 
     model = SpeakerEmbeddingModule.from_pretrained(str(path))
     generator = torch.Generator().manual_seed(0)
     rows = []
     with torch.no_grad():
-        for seconds in sample_rate_seconds:
-            wave = 0.1 * torch.randn(1, int(seconds * model.sample_rate), generator=generator)
+        for length in seconds:
+            wave = 0.1 * torch.randn(1, int(length * model.sample_rate), generator=generator)
             rows.append(model.embed(wave).double())
     return F.normalize(torch.cat(rows), dim=-1)
 

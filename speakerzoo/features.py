@@ -12,6 +12,13 @@ output independent of batch padding:
   maximum over the whole batch, which would make one clip's features depend on its
   batch-mates; we apply it per item).
 
+Two kinds reproduce the features of pretrained models made elsewhere, for the importers
+(:mod:`speakerzoo.zoo.importers`): ``sb_fbank`` is speechbrain's ``Fbank`` (its STFT, centred,
+Hamming window, and its filterbank; the 80 dB floor under each utterance's own peak, taken
+over its valid frames) and ``kaldi_fbank`` is Kaldi's ``compute-fbank-feats``
+(``torchaudio.compliance.kaldi.fbank``, one utterance at a time, as 3D-Speaker and wespeaker
+compute it).
+
 Example::
 
     >>> import torch
@@ -35,7 +42,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-FeatureKind = Literal["fbank", "mfcc", "logmel", "waveform"]
+FeatureKind = Literal["fbank", "mfcc", "logmel", "waveform", "sb_fbank", "kaldi_fbank"]
 
 
 @dataclass(frozen=True)
@@ -44,8 +51,10 @@ class FeatureConfig:
 
     Arguments:
         kind: ``fbank`` (natural log of mel energies), ``mfcc`` (DCT of log mel), ``logmel``
-            (mel power in dB relative to the utterance maximum, floored at ``floor_db``) or
-            ``waveform`` (no transform: models such as wav2vec2 that take raw audio).
+            (mel power in dB relative to the utterance maximum, floored at ``floor_db``),
+            ``waveform`` (no transform: models such as wav2vec2 that take raw audio),
+            ``sb_fbank`` (speechbrain's ``Fbank``: dB, floored at ``floor_db`` under the
+            utterance's peak) or ``kaldi_fbank`` (Kaldi's log filterbank, no dither).
         n_mels: mel filters.
         n_mfcc: cepstral coefficients kept (``mfcc`` only).
         win_ms, hop_ms: analysis window and step in milliseconds.
@@ -54,6 +63,10 @@ class FeatureConfig:
         normalize: ``none``, ``mean`` (cepstral mean normalisation) or ``meanvar`` per utterance;
             for ``waveform`` over the utterance's samples (``meanvar``: zero mean and unit
             variance, as wav2vec2's feature extractor prepares audio for its BASE models).
+        window: ``kaldi_fbank`` only: Kaldi's window type (``povey``, 3D-Speaker's; ``hamming``,
+            wespeaker's); ``None`` for the kind's own window.
+        input_scale: waveforms are multiplied by it first (wespeaker computes Kaldi features on
+            16-bit sample values: 32768).
     """
 
     kind: FeatureKind = "fbank"
@@ -65,6 +78,8 @@ class FeatureConfig:
     f_max: float | None = None
     floor_db: float = -80.0
     normalize: Literal["none", "mean", "meanvar"] = "mean"
+    window: str | None = None
+    input_scale: float = 1.0
 
     @property
     def dim(self) -> int | None:
@@ -82,7 +97,12 @@ class FeatureConfig:
         return "custom-" + hashlib.sha1(self.to_json().encode()).hexdigest()[:8]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        # Left out at their defaults, so that the JSON and cache key of every earlier config stay as they were.
+        for name, default in _OPTIONAL_DEFAULTS.items():
+            if out[name] == default:
+                del out[name]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -105,6 +125,10 @@ class FeatureConfig:
         return cls(**spec)
 
 
+_OPTIONAL_DEFAULTS = {"window": None, "input_scale": 1.0}
+_KALDI_WINDOWS = ("povey", "hamming", "hanning", "rectangular", "blackman")
+
+
 #: Named parameter sets used by the zoo (the seed papers' numbers).
 PRESETS: dict[str, FeatureConfig] = {
     # ECAPA-TDNN reference model: 80 log mel filterbanks, mean normalised (speechbrain recipe).
@@ -120,15 +144,29 @@ PRESETS: dict[str, FeatureConfig] = {
     # wav2vec2 and other raw-audio models.
     "waveform": FeatureConfig(kind="waveform", normalize="none"),
     "waveform_meanvar": FeatureConfig(kind="waveform", normalize="meanvar"),
+    # speechbrain's spkrec-ecapa-voxceleb: Fbank(n_mels=80), sentence mean normalisation.
+    "sb_fbank80": FeatureConfig(kind="sb_fbank", n_mels=80, f_min=0.0, normalize="mean"),
+    # 3D-Speaker's CAM++: Kaldi fbank, 80 bins, povey window, mean normalisation.
+    "kaldi_fbank80": FeatureConfig(kind="kaldi_fbank", n_mels=80, normalize="mean", window="povey"),
+    # wespeaker: the same on 16-bit sample values with a Hamming window.
+    "kaldi_fbank80_int16": FeatureConfig(kind="kaldi_fbank", n_mels=80, normalize="mean", window="hamming",
+                                         input_scale=32768.0),
 }
 
 
 def frame_count(num_samples: Tensor | int, sample_rate: int, config: FeatureConfig) -> Tensor | int:
-    """Number of valid frames for ``num_samples`` samples (at least one)."""
-    _, hop, n_fft = _sizes(sample_rate, config)
+    """Number of valid frames for ``num_samples`` samples (at least one).
+
+    Frames lie inside the utterance (``snip_edges``) except for ``sb_fbank``, whose centred
+    STFT gives ``num_samples // hop + 1`` frames as speechbrain computes them for the clip alone.
+    """
+    win, hop, n_fft = _sizes(sample_rate, config)
+    if config.kind == "sb_fbank":
+        return num_samples // hop + 1
+    size = win if config.kind == "kaldi_fbank" else n_fft
     if isinstance(num_samples, Tensor):
-        return torch.clamp((num_samples - n_fft) // hop + 1, min=1)
-    return max((num_samples - n_fft) // hop + 1, 1)
+        return torch.clamp((num_samples - size) // hop + 1, min=1)
+    return max((num_samples - size) // hop + 1, 1)
 
 
 def valid_mask(lengths: Tensor, frames: int) -> Tensor:
@@ -179,6 +217,17 @@ class Frontend(nn.Module):
             f_max = nyquist
         if cfg.kind == "mfcc" and cfg.n_mfcc > cfg.n_mels:
             raise ValueError(f"n_mfcc={cfg.n_mfcc} cannot exceed n_mels={cfg.n_mels}")
+        if cfg.window is not None and (cfg.kind != "kaldi_fbank" or cfg.window not in _KALDI_WINDOWS):
+            raise ValueError(f"window={cfg.window!r}: only kaldi_fbank takes a window, one of {_KALDI_WINDOWS}")
+        if cfg.kind == "sb_fbank":
+            self.n_fft = win  # speechbrain's Fbank: n_fft 400 at 16 kHz, the window length
+            self.mel = SpeechBrainMel(self.sample_rate, win, cfg.win_ms, cfg.hop_ms, cfg.n_mels, cfg.f_min, f_max)
+            return
+        if cfg.kind == "kaldi_fbank":
+            self.n_fft = win  # Kaldi frames are window-long; the FFT size is not the frame size
+            self.mel = KaldiFbank(self.sample_rate, cfg.win_ms, cfg.hop_ms, cfg.n_mels, cfg.f_min, f_max,
+                                  cfg.window or "povey")
+            return
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=self.sample_rate,
             n_fft=n_fft,
@@ -215,7 +264,17 @@ class Frontend(nn.Module):
             waveforms = nn.functional.pad(waveforms, (0, self.n_fft - num_samples))
         # Spectra in float32 even under autocast: log of fp16 mel energies underflows.
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
-            mel = self.mel(waveforms.float())  # [B, n_mels, frames]
+            waveforms = waveforms.float()
+            if self.config.input_scale != 1.0:
+                waveforms = waveforms * self.config.input_scale
+            if isinstance(self.mel, KaldiFbank):
+                mel = self.mel(waveforms, lengths)  # [B, n_mels, frames], already log
+            elif isinstance(self.mel, SpeechBrainMel):
+                # Centred frames reach past the end: they must see zeros, as for the clip alone.
+                inside = valid_mask(lengths.clamp(max=waveforms.shape[1]), waveforms.shape[1])
+                mel = self.mel(waveforms.masked_fill(~inside, 0.0))
+            else:
+                mel = self.mel(waveforms)  # [B, n_mels, frames]
             frames = mel.shape[-1]
             frame_lengths = self.frame_lengths(lengths).clamp(max=frames)
             mask = valid_mask(frame_lengths, frames)  # [B, frames]
@@ -235,7 +294,9 @@ class Frontend(nn.Module):
 
     def _compress(self, mel: Tensor, mask: Tensor) -> Tensor:
         cfg = self.config
-        if cfg.kind == "logmel":
+        if cfg.kind == "kaldi_fbank":
+            return mel
+        if cfg.kind in ("logmel", "sb_fbank"):
             db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
             peak = db.masked_fill(~mask[:, None, :], -math.inf).amax(dim=(1, 2), keepdim=True)
             return torch.maximum(db, peak + cfg.floor_db)
@@ -259,3 +320,56 @@ class Frontend(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sample_rate={self.sample_rate}, config={self.config}"
+
+
+class SpeechBrainMel(nn.Module):
+    """Mel power ``[B, n_mels, frames]`` as speechbrain's ``Fbank`` computes it before its log:
+    speechbrain's own ``STFT`` (centred, zero-padded, Hamming window) and ``Filterbank``, so that
+    imported speechbrain models see their training features. The dB conversion and its floor
+    are :class:`Frontend`'s, over each utterance's valid frames (speechbrain takes the peak over
+    all frames, padded ones included; for a clip alone the two are the same)."""
+
+    def __init__(self, sample_rate: int, n_fft: int, win_ms: float, hop_ms: float, n_mels: int,
+                 f_min: float, f_max: float):
+        super().__init__()
+        from speechbrain.processing.features import STFT, Filterbank
+
+        self.stft = STFT(sample_rate=sample_rate, n_fft=n_fft, win_length=win_ms, hop_length=hop_ms)
+        self.filterbank = Filterbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, f_min=f_min,
+                                     f_max=f_max, log_mel=False)
+
+    def forward(self, waveforms: Tensor) -> Tensor:
+        from speechbrain.processing.features import spectral_magnitude
+
+        return self.filterbank(spectral_magnitude(self.stft(waveforms))).transpose(1, 2)
+
+
+class KaldiFbank(nn.Module):
+    """Kaldi log filterbanks ``[B, n_mels, frames]`` (``torchaudio.compliance.kaldi.fbank``, no
+    dither), one utterance at a time over its valid samples, as 3D-Speaker and wespeaker compute
+    features; frames past an utterance's end are zero."""
+
+    def __init__(self, sample_rate: int, win_ms: float, hop_ms: float, n_mels: int, f_min: float,
+                 f_max: float, window: str):
+        super().__init__()
+        self.sample_rate, self.win_ms, self.hop_ms = sample_rate, win_ms, hop_ms
+        self.n_mels, self.f_min, self.f_max, self.window = n_mels, f_min, f_max, window
+        self.win = int(round(sample_rate * win_ms / 1000))
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
+        from torchaudio.compliance import kaldi
+
+        rows = []
+        for wave, n in zip(waveforms, lengths.tolist()):
+            clip = wave[: max(int(n), self.win)]
+            if clip.numel() < self.win:  # shorter than one window: one frame of the zero-padded clip
+                clip = nn.functional.pad(clip, (0, self.win - clip.numel()))
+            rows.append(kaldi.fbank(clip[None], num_mel_bins=self.n_mels, frame_length=self.win_ms,
+                                    frame_shift=self.hop_ms, dither=0.0, window_type=self.window,
+                                    sample_frequency=self.sample_rate, low_freq=self.f_min,
+                                    high_freq=self.f_max, use_energy=False))
+        frames = max(r.shape[0] for r in rows)
+        out = waveforms.new_zeros(len(rows), self.n_mels, frames)
+        for i, r in enumerate(rows):
+            out[i, :, : r.shape[0]] = r.T
+        return out

@@ -17,7 +17,8 @@ def batch():
     return waves, lengths
 
 
-@pytest.mark.parametrize("preset", ["fbank80", "fbank64", "mfcc26", "logmel64"])
+@pytest.mark.parametrize("preset", ["fbank80", "fbank64", "mfcc26", "logmel64", "sb_fbank80", "kaldi_fbank80",
+                                    "kaldi_fbank80_int16"])
 def test_padding_never_changes_valid_frames(preset, batch):
     waves, lengths = batch
     fe = Frontend(preset, SR)
@@ -116,3 +117,42 @@ def test_waveform_meanvar_normalises_each_utterance_over_its_valid_samples():
     torch.testing.assert_close(alone[0], short)  # the batch-mate and the padding change nothing
     raw, _ = Frontend("waveform", 16000)(waves, lengths)
     assert torch.equal(raw, waves)
+
+
+def test_sb_fbank_equals_speechbrain_fbank_with_sentence_mean_norm(batch):
+    from speechbrain.lobes.features import Fbank
+    from speechbrain.processing.features import InputNormalization
+
+    waves, lengths = batch
+    ours, frames = Frontend("sb_fbank80", SR)(waves, lengths)
+    fbank, norm = Fbank(n_mels=80), InputNormalization(norm_type="sentence", std_norm=False)
+    for i, n in enumerate(lengths.tolist()):
+        ref = norm(fbank(waves[i:i + 1, :n]), torch.ones(1))[0]
+        assert ref.shape == (int(frames[i]), 80)
+        torch.testing.assert_close(ours[i, : frames[i]], ref, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset,window,scale", [("kaldi_fbank80", "povey", 1.0),
+                                                 ("kaldi_fbank80_int16", "hamming", 32768.0)])
+def test_kaldi_fbank_equals_torchaudio_kaldi_fbank_minus_its_mean(batch, preset, window, scale):
+    from torchaudio.compliance import kaldi
+
+    waves, lengths = batch
+    ours, frames = Frontend(preset, SR)(waves, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        ref = kaldi.fbank(waves[i:i + 1, :n] * scale, num_mel_bins=80, dither=0.0, window_type=window,
+                          sample_frequency=SR)
+        ref = ref - ref.mean(dim=0, keepdim=True)
+        assert ref.shape == (int(frames[i]), 80)
+        torch.testing.assert_close(ours[i, : frames[i]], ref, rtol=0, atol=1e-4)
+
+
+def test_new_options_leave_earlier_configs_keys_unchanged():
+    for name in ("fbank80", "mfcc26", "logmel64", "waveform"):
+        assert "window" not in PRESETS[name].to_dict() and "input_scale" not in PRESETS[name].to_dict()
+    cfg = PRESETS["kaldi_fbank80_int16"]
+    assert FeatureConfig.parse(cfg.to_json()) == cfg and cfg.key != PRESETS["kaldi_fbank80"].key
+    with pytest.raises(ValueError, match="only kaldi_fbank takes a window"):
+        Frontend(FeatureConfig(kind="fbank", window="povey"), SR)
+    with pytest.raises(ValueError, match="only kaldi_fbank takes a window"):
+        Frontend(FeatureConfig(kind="kaldi_fbank", window="triangle"), SR)

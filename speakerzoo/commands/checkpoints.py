@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_add.add_argument("--corpus", required=True, help="what it was trained on")
     p_add.add_argument("--eer", required=True, help="measured EER: a fraction (0.125) or a percentage (12.5%%)")
     p_add.add_argument("--url", help="record this http(s):// or file:// URL instead of the file's path")
+    p_add.add_argument("--licence", help="licence of the weights and of the data they were trained on")
     p_add.add_argument("--notes", help="free text (recipe, epochs, ...)")
     p_add.add_argument("--force", action="store_true", help="replace an entry of the same name")
     registry_option(p_add)
@@ -133,7 +134,8 @@ def run(args: argparse.Namespace) -> str | int:
     try:
         if args.action == "add":
             entry = reg.add_entry(args.name, args.checkpoint, corpus=args.corpus, eer=args.eer,
-                                  registry=args.registry, url=args.url, notes=args.notes, overwrite=args.force)
+                                  registry=args.registry, url=args.url, notes=args.notes, overwrite=args.force,
+                                  licence=args.licence)
             where = args.registry or reg.default_registry_path()
             return f"added {entry.name}: {entry.class_path}, sha256 {entry.sha256}, {entry.source} -> {where}"
         registry = reg.load_registry(args.registry)

@@ -48,10 +48,11 @@ CACHE_ENV = "SPEAKERZOO_CACHE"
 #: Names: a letter or digit, then letters, digits, ``.``, ``_``, ``-`` (they also name cache files).
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_FIELDS = ("path", "url", "sha256", "class", "corpus", "eer", "notes")
+_FIELDS = ("path", "url", "sha256", "class", "corpus", "eer", "licence", "notes")
 _DEFAULT_HEADER = (
     "# speakerzoo checkpoint registry: NAME -> path (relative to this file, or absolute) or url,\n"
-    "# sha256, class, corpus, eer (fraction), notes. Managed with `speakerzoo checkpoints add/list/verify`.\n"
+    "# sha256, class, corpus, eer (fraction), licence (of the weights and their data), notes.\n"
+    "# Managed with `speakerzoo checkpoints add/list/verify`.\n"
 )
 
 
@@ -79,6 +80,7 @@ class RegistryEntry:
     path: str | None = None
     url: str | None = None
     notes: str | None = None
+    licence: str | None = None
 
     def to_yaml(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -87,6 +89,8 @@ class RegistryEntry:
         if self.url is not None:
             out["url"] = self.url
         out.update({"sha256": self.sha256, "class": self.class_path, "corpus": self.corpus, "eer": self.eer})
+        if self.licence:
+            out["licence"] = self.licence
         if self.notes:
             out["notes"] = self.notes
         return out
@@ -215,6 +219,7 @@ def _parse_entry(name: str, fields: Any, where: Path) -> RegistryEntry:
         name=name, sha256=sha, class_path=str(fields["class"]), corpus=str(fields["corpus"]), eer=eer,
         path=None if fields.get("path") is None else str(fields["path"]), url=url,
         notes=None if fields.get("notes") is None else str(fields["notes"]),
+        licence=None if fields.get("licence") is None else str(fields["licence"]),
     )
 
 
@@ -369,7 +374,7 @@ def parse_eer(value: str | float) -> float:
 
 def add_entry(name: str, checkpoint: str | Path, corpus: str, eer: str | float,
               registry: str | Path | None = None, url: str | None = None, notes: str | None = None,
-              overwrite: bool = False) -> RegistryEntry:
+              overwrite: bool = False, licence: str | None = None) -> RegistryEntry:
     """Register ``checkpoint`` as ``name`` and write the registry file; returns the new entry.
 
     The sha256 is computed and the class read from the file. Without ``url`` the entry records
@@ -398,7 +403,7 @@ def add_entry(name: str, checkpoint: str | Path, corpus: str, eer: str | float,
         stored_path = absolute.relative_to(base).as_posix() if absolute.is_relative_to(base) else str(absolute)
     entry = RegistryEntry(name=name, sha256=sha256_of(checkpoint), class_path=checkpoint_class(checkpoint),
                           corpus=str(corpus), eer=parse_eer(eer), path=stored_path, url=url,
-                          notes=notes or None)
+                          notes=notes or None, licence=licence or None)
     entries = dict(reg.entries)
     entries[name] = entry
     write_registry(reg_path, entries)

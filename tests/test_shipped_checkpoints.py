@@ -1,0 +1,105 @@
+"""The checkpoints shipped in ``checkpoints/``: every registry entry verifies, loads by name on a
+fresh clone and tells unseen real speakers apart; ``speakerzoo verify --checkpoint NAME`` works
+with no training; ``init_from: NAME`` starts fine-tuning from one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from speakerzoo.cli import main
+from speakerzoo.commands import verify as verify_cmd
+from speakerzoo.zoo import SpeakerEmbeddingModule, load_registry
+from speakerzoo.zoo import registry as reg
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "checkpoints" / "registry.yaml"
+NAMES = sorted(load_registry(SHIPPED).entries)
+# FSDD's speakers are in the validation and test parts of the shipped models' corpus: never trained on.
+FSDD_SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(autouse=True)
+def shipped_registry(monkeypatch):
+    monkeypatch.delenv("SPEAKERZOO_REGISTRY", raising=False)
+    monkeypatch.setenv("SPEAKERZOO_CACHE", "/nonexistent-speakerzoo-cache")  # nothing may be downloaded
+
+
+def test_the_shipped_registry_has_the_zoo_models_small_and_documented():
+    assert reg.default_registry_path() == SHIPPED
+    text = SHIPPED.read_text()
+    for field in ("path:", "url:", "sha256:", "class:", "corpus:", "eer:", "licence:", "notes:", "SPEAKERZOO_CACHE"):
+        assert field in text, field
+    entries = load_registry(SHIPPED).entries
+    classes = {e.class_path for e in entries.values()}
+    assert {"speakerzoo.zoo.ecapa.ECAPA", "speakerzoo.zoo.se_cnn_bigru.SECNNBiGRU",
+            "speakerzoo.zoo.deep_speaker.DeepSpeaker"} <= classes
+    total = 0
+    for entry in entries.values():
+        assert entry.url is None and entry.path == f"{entry.name}.ckpt"  # beside the registry, committed
+        assert entry.licence and "CC BY 4.0" in entry.licence and 0 < entry.eer < 0.5
+        total += (SHIPPED.parent / entry.path).stat().st_size
+    assert total <= 40 * 2**20
+
+
+def test_checkpoints_verify_passes_for_every_entry(capsys):
+    with mock.patch.object(sys, "argv", ["speakerzoo"]), pytest.raises(SystemExit) as exit_info:
+        main(["checkpoints", "verify"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in NAMES:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_shipped_model_loads_by_name_and_separates_unseen_speakers(name, fsdd_root):
+    model = SpeakerEmbeddingModule.from_pretrained(name)
+    assert not model.training and model.sample_rate == 16000
+    from speakerzoo import SpeakerRecognizer
+
+    rec = SpeakerRecognizer.from_pretrained(name)
+    files = [fsdd_root / "recordings" / f"{d}_{s}_{n}.wav" for s in FSDD_SPEAKERS for d, n in ((1, 40), (7, 41), (3, 42))]
+    emb = F.normalize(rec.embed_files(files).embedding, dim=1)
+    cos = emb @ emb.T
+    speaker = torch.arange(len(files)) // 3
+    same = (speaker[:, None] == speaker[None]) & ~torch.eye(len(files), dtype=torch.bool)
+    different = speaker[:, None] != speaker[None]
+    # Measured: mean same-speaker cosine 0.44-0.89, different-speaker 0.17-0.63, a gap of 0.14-0.26.
+    assert float(cos[same].mean()) > float(cos[different].mean()) + 0.1
+
+
+def test_verify_with_a_registered_name_needs_no_training(fsdd_root, capsys):
+    a = fsdd_root / "recordings" / "1_theo_40.wav"
+    b = fsdd_root / "recordings" / "7_theo_41.wav"
+    capsys.readouterr()
+    assert verify_cmd.main(["--checkpoint", "ecapa-c256-sc16k", str(a), str(b), "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    (trial,) = result["trials"]
+    assert result["threshold"] == pytest.approx(load_threshold("ecapa-c256-sc16k"))
+    assert trial["decision"] == ("ACCEPT" if trial["score"] >= result["threshold"] else "REJECT")
+    assert verify_cmd.main(["--checkpoint", "ecapa-c256-sc16k", str(a), str(b)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] in ("ACCEPT", "REJECT")
+
+
+def load_threshold(name: str) -> float:
+    checkpoint = torch.load(SHIPPED.parent / f"{name}.ckpt", map_location="cpu", weights_only=True)
+    return float(checkpoint["speakerzoo"]["eer_threshold"])
+
+
+def test_init_from_a_registered_name_loads_all_but_the_head():
+    shipped = SpeakerEmbeddingModule.from_pretrained("ecapa-c256-sc16k")
+    hparams = {k: v for k, v in shipped.hparams.items() if k not in ("num_speakers", "speaker_names", "init_from")}
+    model = type(shipped)(num_speakers=5, init_from="ecapa-c256-sc16k", **hparams)
+    report = model.init_weights_from("ecapa-c256-sc16k")
+    assert report.dropped and all(k.startswith("head.") for k in report.dropped)
+    for key, value in shipped.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(model.state_dict()[key], value.to(model.state_dict()[key].dtype)), key

@@ -1,5 +1,5 @@
-"""``speakerzoo checkpoints {list,add,verify,strip}``: the checkpoint registry from the command line,
-and inference checkpoints.
+"""``speakerzoo checkpoints {list,add,verify,strip,import}``: the checkpoint registry from the command
+line, inference checkpoints, and other toolkits' pretrained weights as checkpoints.
 
 ::
 
@@ -8,12 +8,16 @@ and inference checkpoints.
     speakerzoo checkpoints list
     speakerzoo checkpoints verify            # every entry; or: verify ecapa-toy
     speakerzoo checkpoints strip runs/.../best-014.ckpt --output checkpoints/ecapa-sc.ckpt --half
+    speakerzoo checkpoints import speechbrain pretrained/spkrec-ecapa-voxceleb --output ecapa-vox.ckpt
+    speakerzoo checkpoints import 3dspeaker campplus_cn_en_common.pt --output campplus.ckpt
 
 ``add`` computes the sha256 and reads the model class from the checkpoint; ``verify`` re-hashes
 the files (URL entries only when downloaded, or with ``--download``); ``list`` prints a table;
 ``strip`` writes an inference checkpoint (:func:`speakerzoo.zoo.strip.strip_checkpoint`: weights,
 optionally float16, hyper-parameters and metadata, no optimiser state) and checks it embeds as
-the original.
+the original; ``import`` reads speechbrain's ECAPA or 3D-Speaker's / wespeaker's CAM++ weights
+without running anything from them (:mod:`speakerzoo.zoo.importers`) and writes a checkpoint that
+every command loads.
 The registry is ``--registry FILE``, else ``$SPEAKERZOO_REGISTRY``, else the source checkout's
 ``checkpoints/registry.yaml`` (see :mod:`speakerzoo.zoo.registry`).
 
@@ -42,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="speakerzoo checkpoints",
         description="The registry of trained checkpoints: name -> file or URL, sha256, class, corpus, EER.",
     )
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{list,add,verify,strip}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{list,add,verify,strip,import}")
 
     def registry_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--registry", metavar="FILE",
@@ -76,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_strip.add_argument("--half", action="store_true",
                          help="float16 weights (half the size; cast back to float32 when loaded; checked to embed "
                               "within max |diff| 0.01 and cosine 0.999 of the original)")
+
+    from speakerzoo.zoo.importers import IMPORTERS
+
+    p_import = sub.add_parser(
+        "import", help="another toolkit's pretrained weights as a speakerzoo checkpoint",
+        description="Import pretrained weights: " + "; ".join(f"{k}: {v}" for k, v in IMPORTERS.items())
+        + ". Nothing in the files is run (no pickled code, no YAML objects); the written checkpoint is "
+          "checked to rebuild and embed as the imported model.")
+    p_import.add_argument("source", choices=sorted(IMPORTERS), help="the toolkit the weights come from")
+    p_import.add_argument("path", help="the folder (speechbrain) or .pt file (3dspeaker, wespeaker)")
+    p_import.add_argument("--output", "-o", required=True, help="the checkpoint to write")
     return parser
 
 
@@ -131,6 +146,13 @@ def run(args: argparse.Namespace) -> str | int:
         return (f"wrote {r.output}: {r.bytes_after / 2**20:.1f} MiB ({r.dtype} weights; {r.source} was "
                 f"{r.bytes_before / 2**20:.1f} MiB), sha256 {r.sha256}\n"
                 f"  embeddings against the original: max |diff| {r.max_abs_diff:.2e}, min cosine {r.min_cosine:.6f}")
+    if args.action == "import":
+        from speakerzoo.zoo.importers import import_pretrained
+
+        r = import_pretrained(args.source, args.path, args.output)
+        return (f"wrote {r.output}: {r.class_path.rpartition('.')[2]} from {r.origin} ({r.parameters / 1e6:.2f} M "
+                f"parameters, {r.embedding_dim}-d embeddings, frontend {r.frontend['kind']}), sha256 {r.sha256}\n"
+                f"  register it: speakerzoo checkpoints add NAME {r.output} --corpus \"...\" --eer ... --licence \"...\"")
     try:
         if args.action == "add":
             entry = reg.add_entry(args.name, args.checkpoint, corpus=args.corpus, eer=args.eer,

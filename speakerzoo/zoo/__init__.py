@@ -4,6 +4,7 @@ Never imports ``speakerzoo.datamodules``; DataModules and models are linked by t
 """
 
 from speakerzoo.zoo.base import InvalidCheckpointError, LoadReport, SpeakerEmbeddingModule
+from speakerzoo.zoo.campplus import CAMPPlus
 from speakerzoo.zoo.deep_speaker import DeepSpeaker
 from speakerzoo.zoo.ecapa import ECAPA
 from speakerzoo.zoo.frame_dnn import FrameDNN
@@ -22,6 +23,7 @@ from speakerzoo.zoo.registry import (
 
 __all__ = [
     "AAMSoftmax",
+    "CAMPPlus",
     "ChecksumError",
     "DeepSpeaker",
     "ECAPA",

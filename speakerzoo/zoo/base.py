@@ -313,7 +313,10 @@ class SpeakerEmbeddingModule(TrialEvaluation, L.LightningModule):
         to 0 over :meth:`lr_decay_steps` steps (default: the rest of training,
         ``trainer.estimated_stepping_batches``); a constant rate when the length of training is
         unknown (``max_epochs=-1`` without ``max_steps``)."""
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # Frozen parameters stay out: a callback that unfreezes them later (BackboneFinetuning) adds
+        # them as a parameter group of their own.
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total) or total <= 0:
             return optimizer

@@ -42,7 +42,13 @@ def test_statistics_are_over_valid_frames_only():
         torch.testing.assert_close(pooled[0], torch.cat([h[0].mean(-1), h[0].std(-1, unbiased=True)]))
         # one valid frame: a standard deviation of 0, not NaN
         single = stats(h[:1, :, :1], torch.ones(1, 1, 1))
-        assert torch.isfinite(single).all() and torch.all(single[0, 5:] == 0)
+        assert torch.isfinite(single).all() and torch.all(single[0, 5:] <= 1e-6)
+    # A constant channel (all zero after a ReLU) must not make the gradient NaN.
+    h = torch.randn(2, 5, 30)
+    h[0, 2] = 0.0
+    h.requires_grad_(True)
+    stats(h, torch.ones(2, 1, 30)).sum().backward()
+    assert torch.isfinite(h.grad).all()
     assert alone.shape == (1, 16) and torch.isfinite(alone).all()
 
 

@@ -378,3 +378,14 @@ def test_command_usage_errors(checkpoint, tmp_path, capsys):
                          "--output", str(tmp_path / "m.onnx")]) == 2
     assert "opset 17" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("frontend", ["sb_fbank80", "kaldi_fbank80"])
+def test_imported_models_frontends_are_refused_with_the_reason(frontend, tmp_path):
+    from speakerzoo.zoo.export import ExportError, to_torchscript
+
+    model = ECAPA(num_speakers=0, frontend=frontend, channels=[16, 16, 16, 16, 48], embedding_dim=8,
+                  attention_channels=8, se_channels=8)
+    with pytest.raises(ExportError, match=f"the {frontend.rstrip('80')} frontend .* is not exportable yet"):
+        to_torchscript(model, tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists()

@@ -88,6 +88,11 @@ ATOL = 1e-4
 MIN_COSINE = 0.99999
 
 
+#: Frontends that export does not cover, and what computes them.
+NOT_EXPORTABLE_FRONTENDS = {"sb_fbank": "speechbrain's STFT and filterbank modules",
+                            "kaldi_fbank": "torchaudio.compliance.kaldi.fbank, one utterance at a time"}
+
+
 class ExportError(RuntimeError):
     """The model could not be exported, or the exported file does not reproduce the model."""
 
@@ -289,6 +294,12 @@ def _check_model(model: SpeakerEmbeddingModule) -> None:
     devices = {p.device.type for p in model.parameters()} | {b.device.type for b in model.buffers()}
     if devices - {"cpu"}:
         raise ValueError(f"export runs on the CPU; the model is on {sorted(devices)}: call model.cpu() first")
+    kind = model.frontend.config.kind
+    if kind in NOT_EXPORTABLE_FRONTENDS:
+        raise ExportError(
+            f"the {kind} frontend (of imported models: {NOT_EXPORTABLE_FRONTENDS[kind]}) is not exportable yet; "
+            "export supports the fbank, mfcc, logmel and waveform frontends. Embed with the checkpoint instead, "
+            "or fine-tune a model with one of those frontends")
 
 
 class _EvalMode:

@@ -60,9 +60,10 @@ def test_campplus_trains_and_fine_tunes_with_the_shipped_configs(speech_commands
     assert isinstance(model, CAMPPlus) and model.frontend.config.kind == "kaldi_fbank"
     start = {k: v.clone() for k, v in model.state_dict().items()}
 
-    # The fine-tuning overlay: the first epochs train the new head only (BackboneFinetuning).
-    cli("fit", "-c", CONFIG, "-c", FINETUNE, *TINY_ARGS, *QUIET, f"--data.init_args.corpus={speech_commands_corpus}",
-        f"--model.init_args.init_from={trained}", f"--trainer.logger.init_args.save_dir={tmp_path / 'tuned'}")
+    # The fine-tuning overlay: the first 2 epochs train the new head only (BackboneFinetuning) ...
+    args = ["-c", CONFIG, "-c", FINETUNE, *TINY_ARGS, *QUIET, "--trainer.limit_val_batches=2",
+            f"--data.init_args.corpus={speech_commands_corpus}", f"--model.init_args.init_from={trained}"]
+    cli("fit", *args, f"--trainer.logger.init_args.save_dir={tmp_path / 'tuned'}")
     tuned = torch.load(next((tmp_path / "tuned").rglob("last.ckpt")), weights_only=True)["state_dict"]
     batch_norms = {n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
     frozen = [k for k in start if k.startswith("encoder.") and k.rpartition(".")[0] not in batch_norms]
@@ -70,3 +71,11 @@ def test_campplus_trains_and_fine_tunes_with_the_shipped_configs(speech_commands
     # BackboneFinetuning keeps batch norms training while the rest is frozen
     assert not torch.equal(tuned["encoder.head.bn1.running_mean"], start["encoder.head.bn1.running_mean"])
     assert not torch.equal(tuned["head.classifier.weight"], start["head.classifier.weight"])
+
+    # ... and epoch 2 unfreezes the embedder as a parameter group at a tenth of the rate, which
+    # the cosine schedule then follows.
+    cli("fit", *args, "--trainer.max_epochs=3", f"--trainer.logger.init_args.save_dir={tmp_path / 'unfrozen'}")
+    last = torch.load(next((tmp_path / "unfrozen").rglob("last.ckpt")), weights_only=True)
+    groups = last["optimizer_states"][0]["param_groups"]
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(0.1 * groups[0]["lr"], rel=1e-6)
+    assert not torch.equal(last["state_dict"]["encoder.head.conv1.weight"], start["encoder.head.conv1.weight"])

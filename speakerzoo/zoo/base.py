@@ -35,6 +35,7 @@ from speakerzoo.zoo.checkpoint import (
     write_metadata,
 )
 from speakerzoo.zoo.evaluation import Batch, TrialEvaluation
+from speakerzoo.zoo.schedules import follow_added_param_groups
 
 # InvalidCheckpointError and LoadReport are re-exported: they are imported from here.
 __all__ = ["InvalidCheckpointError", "LoadReport", "SpeakerEmbeddingModule"]
@@ -335,6 +336,10 @@ class SpeakerEmbeddingModule(TrialEvaluation, L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        follow_added_param_groups(scheduler)  # a callback may have unfrozen parameters (BackboneFinetuning)
+        super().lr_scheduler_step(scheduler, metric)
 
     def lr_decay_steps(self, remaining: int, steps_per_epoch: float | None) -> int:
         """Steps over which the default schedule's cosine falls from the full rate to 0 (the

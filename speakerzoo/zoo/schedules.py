@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Callable
+from typing import Any, Callable
+
+from torch.optim.lr_scheduler import LambdaLR
 
 from speechbrain.nnet.schedulers import TriStageLRSchedule
 
@@ -42,3 +44,22 @@ def tri_stage(total_steps: int, warmup: float = 0.1, hold: float = 0.4, init_sca
         return value if math.isfinite(value) else final_scale
 
     return factor
+
+
+def follow_added_param_groups(scheduler: Any) -> None:
+    """Let a ``LambdaLR`` schedule parameter groups added to its optimiser after it was made.
+
+    Lightning's ``BackboneFinetuning`` adds the unfrozen backbone as a new group at a fraction of
+    the current rate; torch's ``LambdaLR`` then fails at its next step (``zip() argument 2 is
+    shorter than argument 1``). Each new group gets the first group's factor and the base rate that
+    keeps its present ratio to the first group, so it follows the same schedule at that fraction.
+    """
+    if not isinstance(scheduler, LambdaLR):
+        return
+    groups = scheduler.optimizer.param_groups
+    first_lr = float(groups[0]["lr"])
+    for group in groups[len(scheduler.base_lrs):]:
+        base = float(group["lr"]) * scheduler.base_lrs[0] / first_lr if first_lr > 0 else float(group["lr"])
+        group["initial_lr"] = base
+        scheduler.base_lrs.append(base)
+        scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])

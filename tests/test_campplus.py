@@ -35,19 +35,18 @@ def test_statistics_are_over_valid_frames_only():
         stats = model.encoder.xvector.stats
         h = torch.randn(2, 5, 30)
         padded = torch.cat([h[1:, :, :20], torch.zeros(1, 5, 10)], dim=-1)
-        mask = torch.cat([torch.ones(1, 1, 30), torch.cat([torch.ones(1, 1, 20), torch.zeros(1, 1, 10)], -1)])
-        pooled = stats(torch.cat([h[:1], padded]), mask)
+        pooled = stats(torch.cat([h[:1], padded]), torch.tensor([30, 20]))
         reference = torch.cat([h[1, :, :20].mean(-1), h[1, :, :20].std(-1, unbiased=True)])
         torch.testing.assert_close(pooled[1], reference)
         torch.testing.assert_close(pooled[0], torch.cat([h[0].mean(-1), h[0].std(-1, unbiased=True)]))
         # one valid frame: a standard deviation of 0, not NaN
-        single = stats(h[:1, :, :1], torch.ones(1, 1, 1))
+        single = stats(h[:1, :, :1], torch.tensor([1]))
         assert torch.isfinite(single).all() and torch.all(single[0, 5:] <= 1e-6)
     # A constant channel (all zero after a ReLU) must not make the gradient NaN.
     h = torch.randn(2, 5, 30)
     h[0, 2] = 0.0
     h.requires_grad_(True)
-    stats(h, torch.ones(2, 1, 30)).sum().backward()
+    stats(h, torch.tensor([30, 30])).sum().backward()
     assert torch.isfinite(h.grad).all()
     assert alone.shape == (1, 16) and torch.isfinite(alone).all()
 

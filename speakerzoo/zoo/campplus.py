@@ -35,6 +35,7 @@ from speakerzoo.augment import spectral_augment_from
 from speakerzoo.features import valid_mask
 from speakerzoo.zoo.base import SpeakerEmbeddingModule
 from speakerzoo.zoo.heads import AAMSoftmax
+from speakerzoo.zoo.pooling import masked_mean
 
 __all__ = ["CAMPPlus", "CAMPPlusEncoder"]
 
@@ -98,11 +99,6 @@ class TDNNLayer(nn.Module):
         return self.nonlinear(self.linear(x))
 
 
-def _masked_time_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x [B, C, T]`` over the frames where ``mask [B, 1, T]`` (float) is 1 -> ``[B, C, 1]``."""
-    return (x * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
-
-
 class CAMLayer(nn.Module):
     """Context-aware masking: a local convolution gated by the utterance and segment context."""
 
@@ -117,11 +113,11 @@ class CAMLayer(nn.Module):
         self.linear2 = nn.Conv1d(bn_channels // reduction, out_channels, 1)
         self.segment = segment
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, frame_lengths: Tensor) -> Tensor:
         frames = x.shape[-1]
         segments = F.avg_pool1d(x, kernel_size=self.segment, stride=self.segment, ceil_mode=True)
         segments = segments.repeat_interleave(self.segment, dim=-1)[..., :frames]
-        context = _masked_time_mean(x, mask) + segments
+        context = masked_mean(x.transpose(1, 2), frame_lengths)[..., None] + segments
         return self.linear_local(x) * torch.sigmoid(self.linear2(self.relu(self.linear1(context))))
 
 
@@ -133,8 +129,8 @@ class CAMDenseTDNNLayer(nn.Module):
         self.nonlinear2 = _bn_relu(bn_channels)
         self.cam_layer = CAMLayer(bn_channels, out_channels, kernel_size, dilation)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        return self.cam_layer(self.nonlinear2(self.linear1(self.nonlinear1(x))), mask)
+    def forward(self, x: Tensor, frame_lengths: Tensor) -> Tensor:
+        return self.cam_layer(self.nonlinear2(self.linear1(self.nonlinear1(x))), frame_lengths)
 
 
 class CAMDenseTDNNBlock(nn.Module):
@@ -147,9 +143,9 @@ class CAMDenseTDNNBlock(nn.Module):
             self.add_module(f"tdnnd{i + 1}", CAMDenseTDNNLayer(in_channels + i * growth_rate, growth_rate,
                                                                bn_channels, kernel_size, dilation))
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, frame_lengths: Tensor) -> Tensor:
         for layer in self.children():
-            x = torch.cat([x, layer(x, mask)], dim=1)
+            x = torch.cat([x, layer(x, frame_lengths)], dim=1)
         return x
 
 
@@ -174,9 +170,11 @@ class StatsPool(nn.Module):
         super().__init__()
         self.eps = float(eps)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        count = mask.sum(-1)  # [B, 1]
-        mean = (x * mask).sum(-1) / count.clamp(min=1.0)
+    def forward(self, x: Tensor, frame_lengths: Tensor) -> Tensor:
+        """``x [B, C, T]`` with valid frame counts ``[B]``."""
+        mean = masked_mean(x.transpose(1, 2), frame_lengths)
+        mask = valid_mask(frame_lengths, x.shape[-1])[:, None, :].to(x.dtype)
+        count = frame_lengths.to(x.dtype)[:, None]
         var = (((x - mean[..., None]) * mask) ** 2).sum(-1) / (count - 1).clamp(min=1.0)
         # The floor keeps the gradient finite where a channel is constant (all zero after a ReLU, as
         # in 30 of 32,768 pooled channels of a batch of 3D-Speaker's CAM++ on Speech Commands): the
@@ -228,12 +226,11 @@ class CAMPPlusEncoder(nn.Module):
         x = self.head(features.transpose(1, 2))
         x = self.xvector.tdnn(x)  # stride 2: ceil(n / 2) valid frames
         lengths = torch.div(frame_lengths.to(x.device) + 1, 2, rounding_mode="floor").clamp(min=1)
-        mask = valid_mask(lengths, x.shape[-1])[:, None, :].to(x.dtype)
         for name, layer in self.xvector.named_children():
             if name == "tdnn":
                 continue
             if isinstance(layer, (CAMDenseTDNNBlock, StatsPool)):
-                x = layer(x, mask)
+                x = layer(x, lengths)
             else:
                 x = layer(x)
         return x

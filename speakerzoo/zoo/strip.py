@@ -24,7 +24,7 @@ from speakerzoo.atomic import replaced_on_success
 from speakerzoo.zoo.checkpoint import InvalidCheckpointError, read_model_checkpoint, tensor_digests
 from speakerzoo.zoo.registry import sha256_of
 
-__all__ = ["HALF_TOLERANCE", "StripResult", "strip_checkpoint"]
+__all__ = ["HALF_TOLERANCE", "StripResult", "probe_embeddings", "strip_checkpoint"]
 
 #: float16 weights against the float32 original, on L2-normalised embeddings of noise clips.
 HALF_TOLERANCE = {"max_abs_diff": 1e-2, "min_cosine": 0.999}
@@ -49,11 +49,9 @@ class StripResult:
         return asdict(self)
 
 
-def _embeddings(path: Path, seconds: tuple[float, ...] = (0.8, 1.5, 3.0)) -> torch.Tensor:
-    """Normalised embeddings of fixed noise clips of ``seconds`` by the model in ``path``."""
-    from speakerzoo.zoo.base import SpeakerEmbeddingModule
-
-    model = SpeakerEmbeddingModule.from_pretrained(str(path))
+def probe_embeddings(model: Any, seconds: tuple[float, ...] = (0.8, 1.5, 3.0)) -> torch.Tensor:
+    """Normalised embeddings (float64) of fixed noise clips of ``seconds`` by ``model`` (in eval mode):
+    what a rewritten checkpoint must reproduce (here, and for :mod:`speakerzoo.zoo.importers`)."""
     generator = torch.Generator().manual_seed(0)
     rows = []
     with torch.no_grad():
@@ -61,6 +59,13 @@ def _embeddings(path: Path, seconds: tuple[float, ...] = (0.8, 1.5, 3.0)) -> tor
             wave = 0.1 * torch.randn(1, int(length * model.sample_rate), generator=generator)
             rows.append(model.embed(wave).double())
     return F.normalize(torch.cat(rows), dim=-1)
+
+
+def _embeddings(path: Path) -> torch.Tensor:
+    """:func:`probe_embeddings` of the model in ``path``."""
+    from speakerzoo.zoo.base import SpeakerEmbeddingModule
+
+    return probe_embeddings(SpeakerEmbeddingModule.from_pretrained(str(path)))
 
 
 def strip_checkpoint(source: str | Path, output: str | Path, half: bool = False) -> StripResult:

@@ -12,6 +12,7 @@ from speakerzoo.atomic import replaced_on_success
 from speakerzoo.zoo.base import SpeakerEmbeddingModule
 from speakerzoo.zoo.checkpoint import InvalidCheckpointError, write_metadata
 from speakerzoo.zoo.registry import sha256_of
+from speakerzoo.zoo.strip import probe_embeddings
 
 __all__ = ["ImportResult", "save_imported"]
 
@@ -33,13 +34,6 @@ class ImportResult:
         return asdict(self)
 
 
-def _probe_embeddings(model: SpeakerEmbeddingModule) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        return torch.cat([model.embed(0.1 * torch.randn(1, int(s * model.sample_rate), generator=generator))
-                          for s in (0.8, 2.0)])
-
-
 def save_imported(model: SpeakerEmbeddingModule, output: str | Path, origin: str,
                   files: list[str | Path]) -> ImportResult:
     """Save ``model`` (in eval mode) as a checkpoint at ``output``, complete or not at all, with
@@ -56,7 +50,7 @@ def save_imported(model: SpeakerEmbeddingModule, output: str | Path, origin: str
     with replaced_on_success(output) as tmp:
         torch.save(checkpoint, tmp)
         reloaded = SpeakerEmbeddingModule.from_pretrained(str(tmp))
-        if not torch.equal(_probe_embeddings(reloaded), _probe_embeddings(model)):
+        if not torch.equal(probe_embeddings(reloaded), probe_embeddings(model)):
             raise InvalidCheckpointError(f"{output}: the written checkpoint embeds differently from the imported "
                                          "model; this is a bug, please report it")
     cls = type(model)

@@ -33,23 +33,22 @@ FLAVOURS = {"3dspeaker": ("kaldi_fbank80", 0.0), "wespeaker": ("kaldi_fbank80_in
 _NOT_THE_EMBEDDER = ("projection.",)
 
 
-def campplus_state_dict(path: str | Path) -> tuple[dict[str, Tensor], list[str]]:
-    """The CAM++ weights in ``path`` (a state dict, or one under ``state_dict`` / ``model``, with
-    or without DDP's ``module.`` prefix) and the keys left out as not part of the embedder."""
+def campplus_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The CAM++ embedder's weights in ``path`` (a state dict, or one under ``state_dict`` / ``model``,
+    with or without DDP's ``module.`` prefix; keys that are not the embedder are left out)."""
     data = read_checkpoint_file(path)
     for key in ("state_dict", "model"):
         if isinstance(data.get(key), Mapping):
             data = data[key]
             break
     state = {k.removeprefix("module."): v for k, v in data.items() if isinstance(v, Tensor)}
-    left_out = sorted(k for k in state if k.startswith(_NOT_THE_EMBEDDER))
-    state = {k: v for k, v in state.items() if k not in left_out}
+    state = {k: v for k, v in state.items() if not k.startswith(_NOT_THE_EMBEDDER)}
     if "head.conv1.weight" not in state or "xvector.dense.linear.weight" not in state:
         raise InvalidCheckpointError(
             f"{path}: not a CAM++ state dict (no head.conv1.weight / xvector.dense.linear.weight; it has "
             f"{', '.join(sorted(state)[:5]) or 'no tensors'}...). Give 3D-Speaker's campplus_*.pt or wespeaker's "
             "avg_model.pt of a CAM++ recipe")
-    return state, left_out
+    return state
 
 
 def _sizes(state: Mapping[str, Tensor], path: str | Path) -> dict[str, int]:
@@ -73,7 +72,7 @@ def import_campplus(path: str | Path, flavour: Literal["3dspeaker", "wespeaker"]
     files read."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {sorted(FLAVOURS)}, got {flavour!r}")
-    state, _ = campplus_state_dict(path)
+    state = campplus_state_dict(path)
     sizes = _sizes(state, path)
     preset, std_eps = FLAVOURS[flavour]
     if sizes["feat_dim"] != PRESETS[preset].n_mels:

@@ -31,6 +31,15 @@ def cli(*args: str) -> None:
         main(list(args))
 
 
+def exit_code(*args: str) -> int:
+    """``speakerzoo ARGS...`` in this process, for commands that end with ``SystemExit``: its code."""
+    import pytest
+
+    with mock.patch.object(sys, "argv", ["speakerzoo"]), pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code
+
+
 def fit_tiny(corpus: Path, root: Path, batches: int = 2) -> Path:
     """One epoch of ``batches`` steps of the shrunk small config on ``corpus``, logging under ``root``;
     the ``last.ckpt`` it wrote."""

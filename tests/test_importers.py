@@ -4,16 +4,14 @@ real Speech Commands clips. Nothing in the files may run."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import soundfile as sf
 import torch
 from torchaudio.compliance import kaldi
 
-from speakerzoo.cli import main
+from cli_run import exit_code as cli
 from speakerzoo.zoo import CAMPPlus, ECAPA, InvalidCheckpointError, SpeakerEmbeddingModule
 from speakerzoo.zoo.campplus import CAMPPlusEncoder
 from speakerzoo.zoo.importers import import_pretrained
@@ -65,12 +63,6 @@ def randomise_batch_norm(module: torch.nn.Module) -> None:
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=generator) - 0.5)
             m.running_var.copy_(0.5 + 1.5 * torch.rand(m.running_var.shape, generator=generator))
-
-
-def cli(*args: str) -> int:
-    with mock.patch.object(sys, "argv", ["speakerzoo"]), pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code
 
 
 @pytest.fixture(scope="module")

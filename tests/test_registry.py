@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
 import yaml
 
-from speakerzoo.cli import main
+from cli_run import exit_code as cli
 from speakerzoo.zoo import (
     ECAPA,
     ChecksumError,
@@ -52,12 +50,6 @@ def write_registry(path: Path, entries: dict) -> Path:
 
 def entry(**fields) -> dict:
     return {"class": CLASS, "corpus": "toy", "eer": 0.25, **fields}
-
-
-def cli(*args: str) -> int:
-    with mock.patch.object(sys, "argv", ["speakerzoo"]), pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code
 
 
 def same_weights(model: torch.nn.Module, path: Path) -> bool:

@@ -50,7 +50,7 @@ class Trials:
     Attributes:
         pairs: ``[M, 3]`` int64 rows ``(enrol, test, label)``, label 1 for the same speaker
             and 0 for different speakers (verification).
-        ident: ``[A, 101]`` int64 rows ``(anchor, positive, negative_1 .. negative_99)``:
+        ident: ``[A, 2 + W]`` int64 rows ``(anchor, positive, negative_1 .. negative_W)``, W = 99 or fewer:
             one anchor scored against one utterance of its own speaker and 99 of other
             speakers (Deep Speaker, seed 001 §4.1; identification accuracy is the share of
             rows whose positive scores highest).

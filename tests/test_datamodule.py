@@ -173,9 +173,9 @@ def test_cached_feature_batches(corpus_path):
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_val_loader_covers_every_val_utterance_once_across_ranks(corpus_path, world):
+def test_val_loader_covers_every_trial_utterance_once_across_ranks(corpus_path, world):
     dm = make_dm(corpus_path, eval_max_seconds=2.0)
-    val = dm.corpus.split("speaker", "val")
+    val = dm.trials("val").utterances()
     seen = []
     for rank in range(world):
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)  # a simulated rank
@@ -194,10 +194,28 @@ def test_val_loader_covers_every_val_utterance_once_across_ranks(corpus_path, wo
         lengths = dm.corpus.num_samples[mine]
         assert (np.diff(np.minimum(lengths, 2 * SR)) <= 0).all()  # sorted by length (longest first)
         seen += mine
-    assert sorted(seen) == sorted(val.tolist())  # every val utterance exactly once
+    assert sorted(seen) == sorted(val.tolist())  # every val utterance a trial uses, exactly once
     dm.trainer = None
     test_index = torch.cat([b["index"] for b in dm.test_dataloader()])
-    assert sorted(test_index.tolist()) == sorted(dm.corpus.split("speaker", "test").tolist())
+    assert sorted(test_index.tolist()) == dm.trials("test").utterances().tolist()
+    predict_index = torch.cat([b["index"] for b in dm.predict_dataloader()])  # embeddings: the whole part
+    assert sorted(predict_index.tolist()) == dm.corpus.split("speaker", "test").tolist()
+
+
+def test_validation_embeds_only_the_utterances_its_trials_use(corpus_path, tmp_path):
+    """With capped trial anchors, utterances no trial uses are not embedded (issue 24)."""
+    from speakerzoo.datamodules.corpus import Corpus, CorpusWriter
+    src = Corpus(corpus_path)
+    path = tmp_path / "capped.h5"
+    with CorpusWriter(path, sample_rate=src.sample_rate) as writer:
+        for i in range(len(src)):
+            writer.add(src.pcm(i), speaker=src.speakers[src.speaker[i]], utt_id=f"u{i}")
+        writer.finish(max_trial_anchors=3, progress=False)
+    dm = make_dm(path)
+    dm.setup("validate")
+    used = dm.trials("val").utterances().tolist()
+    val = torch.cat([b["index"] for b in dm.val_dataloader()]).tolist()
+    assert sorted(val) == used and len(used) < len(dm.corpus.split("speaker", "val"))
 
 
 def test_trials_reference_only_their_part(corpus_path):
@@ -206,7 +224,10 @@ def test_trials_reference_only_their_part(corpus_path):
     for part in ("val", "test"):
         trials = dm.trials(part)
         assert trials.pairs.dtype == torch.int64 and trials.ident.dtype == torch.int64
-        assert len(trials.pairs) > 0 and trials.ident.shape[1] == 101
+        # 2 speakers x 6 utterances: an anchor has 6 other-speaker utterances, so rows of 1 + 6
+        assert len(trials.pairs) > 0 and trials.ident.shape[1] == 2 + 6
+        assert all(len(set(row.tolist())) == 6 for row in trials.ident[:, 2:])  # no negative twice
+        assert "1+6 (short)" in dm.describe()
         members = set(c.split("speaker", part).tolist())
         assert set(trials.utterances().tolist()) <= members
         pairs = trials.pairs.numpy()

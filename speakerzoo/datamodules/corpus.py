@@ -10,7 +10,8 @@ Layout (schema version 1)::
     /splits/<mode>/<part>     int64                   mode: utterance | speaker; part: train | val | test
     /splits/noise             int64                   clips without a speaker (e.g. background noise)
     /trials/<mode>/<part>/pairs   int64 [M, 3]        (enrol, test, label)
-    /trials/<mode>/<part>/ident   int64 [A, 101]      (anchor, positive, 99 negatives)
+    /trials/<mode>/<part>/ident   int64 [A, 2 + W]    (anchor, positive, W distinct negatives; W = 99,
+                                                  fewer in a part too small for 99)
     /features/<key>/data      float32 [frames, dim]   cached frontend output (speakerzoo.features)
     /features/<key>/offsets   int64 [N + 1]
 

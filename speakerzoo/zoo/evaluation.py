@@ -165,6 +165,12 @@ class TrialEvaluation:
                 f"{len(trials.ident)} identification rows have all their utterances embedded "
                 f"(limit_{part}_batches?); scoring those",
             )
+        if not sanity and 0 < usable.ident.shape[0] and usable.ident.shape[1] < 101:
+            self._warn_once(
+                f"{part}-short-rows",
+                f"{part}: the part is too small for 99 distinct negatives per identification row, so "
+                f"{part}/ident_acc picks 1 of {usable.ident.shape[1] - 1} candidates, not 1 of 100",
+            )
         world = self.trainer.world_size if self._trainer is not None else 1
         rank = self.global_rank if self._trainer is not None else 0
         # Every rank holds the same embeddings and trials, so these decisions agree across ranks.

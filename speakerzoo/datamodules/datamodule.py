@@ -296,11 +296,18 @@ class SpeakerDataModule(lightning.LightningDataModule):
                 f"utterances; lower speakers_per_batch")
 
     def train_sampler(self) -> SpeakerBatchSampler:
+        """This rank's P x K batch sampler, built once per (rank, world size) and reused by
+        :meth:`describe` and every training loader (it groups all training utterances)."""
         rank, world = self._rank_world()
-        return SpeakerBatchSampler(
-            self.train_labels, self.speakers_per_batch, self.utterances_per_speaker, num_replicas=world, rank=rank,
-            seed=self.seed, batches_per_epoch=self.batches_per_epoch, crop_samples=self.crop_lengths(),
-            min_utterances=1)  # speakers below min_utterances_per_speaker were left out in __init__
+        key = (rank, world, self.crop_lengths())
+        cached = getattr(self, "_train_sampler", None)
+        if cached is None or cached[0] != key:
+            sampler = SpeakerBatchSampler(
+                self.train_labels, self.speakers_per_batch, self.utterances_per_speaker, num_replicas=world,
+                rank=rank, seed=self.seed, batches_per_epoch=self.batches_per_epoch, crop_samples=self.crop_lengths(),
+                min_utterances=1)  # speakers below min_utterances_per_speaker were left out in __init__
+            self._train_sampler = cached = (key, sampler)
+        return cached[1]
 
     def train_dataloader(self) -> DataLoader:
         self._check_training()
@@ -386,9 +393,7 @@ class SpeakerDataModule(lightning.LightningDataModule):
         lo, hi = self.crop_samples()
         crop = f"{hi / c.sample_rate:.2f} s" if lo == hi else f"{lo / c.sample_rate:.2f}-{hi / c.sample_rate:.2f} s"
         try:
-            per_epoch = len(SpeakerBatchSampler(self.train_labels, self.speakers_per_batch, self.utterances_per_speaker,
-                                                num_replicas=self._rank_world()[1], batches_per_epoch=self.batches_per_epoch,
-                                                crop_samples=self.crop_lengths(), min_utterances=1))
+            per_epoch = len(self.train_sampler())
         except ValueError as err:
             per_epoch = f"n/a ({err})"
         lines.append(f"  training: {self.num_speakers} classes, {len(self.train_items)} utterances "

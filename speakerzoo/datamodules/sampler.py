@@ -36,6 +36,8 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
+from speakerzoo.datamodules.splits import group_by_speaker
+
 Entry = tuple[int, int, int]  # (item index, crop length, crop seed)
 
 
@@ -106,7 +108,10 @@ class SpeakerBatchSampler(Sampler[list[Entry]]):
             warnings.warn(
                 f"SpeakerBatchSampler: {len(dropped)} speaker(s) with fewer than {self.min_utterances} utterances "
                 f"are left out of training (of {len(keep) + len(dropped)})", stacklevel=2)
-        self._members = [np.flatnonzero(labels == c) for c in keep]
+        # Group by speaker once (a stable sort): members of class c in ascending item order.
+        classes, starts, members = group_by_speaker(labels)
+        wanted = np.isin(classes, keep)
+        self._members = [members[lo:hi] for lo, hi, w in zip(starts[:-1], starts[1:], wanted) if w]
         self._groups = np.array([max(len(m) // self.K, 1) for m in self._members], dtype=np.int64)
         self.num_speakers = len(self._members)
         if self.num_speakers < self.P:
@@ -146,44 +151,60 @@ class SpeakerBatchSampler(Sampler[list[Entry]]):
             return self._pass_batches // self.num_replicas
         return math.ceil(self._pass_batches / self.num_replicas)
 
-    def _one_pass(self, rng: np.random.Generator) -> list[list[Entry]]:
-        """All batches of one pass over the data (global: the same list in every rank)."""
-        queues: list[list[np.ndarray]] = []
+    def _one_pass(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All batches of one pass over the data (global: the same in every rank), as arrays
+        ``items [B, P*K]``, ``crops [B]`` and ``seeds [B, P*K]`` in the epoch's batch order."""
+        groups = []
         for members in self._members:
             order = rng.permutation(members)
             if len(order) < self.K:  # fill up by repetition (documented above)
                 order = np.concatenate([order, rng.choice(members, self.K - len(order))])
-            queues.append([order[j * self.K:(j + 1) * self.K] for j in range(len(order) // self.K)])
+            n = len(order) // self.K
+            groups.append(order[: n * self.K].reshape(n, self.K))
+        first_group = np.concatenate([[0], np.cumsum(self._groups)[:-1]])
         left = self._groups.copy()
-        batches: list[np.ndarray] = []
-        for _ in range(self._pass_batches):
+        rows = np.empty((self._pass_batches, self.P), np.int64)
+        for b in range(self._pass_batches):
             # The P speakers with the most groups left; the random fraction breaks ties.
             pick = np.argpartition(-(left + rng.random(len(left))), self.P - 1)[: self.P]
             pick = rng.permutation(pick)
-            batches.append(np.concatenate([queues[s][len(queues[s]) - left[s]] for s in pick]))
+            rows[b] = first_group[pick] + self._groups[pick] - left[pick]  # each speaker's next group
             left[pick] -= 1
         assert (left >= 0).all()
-        out = []
+        items = np.concatenate(groups)[rows].reshape(self._pass_batches, self.P * self.K)
         lo, hi = self.crop_samples
-        for b in rng.permutation(len(batches)):
-            crop = int(rng.integers(lo, hi + 1))
-            seeds = rng.integers(0, 2 ** 63 - 1, size=len(batches[b]))
-            out.append([(int(i), crop, int(s)) for i, s in zip(batches[b], seeds)])
-        return out
+        order = rng.permutation(len(items))
+        crops = np.empty(len(items), np.int64)
+        seeds = np.empty(items.shape, np.int64)
+        for out, b in enumerate(order):
+            crops[out] = rng.integers(lo, hi + 1)
+            seeds[out] = rng.integers(0, 2 ** 63 - 1, size=items.shape[1])
+        return items[order], crops, seeds
+
+    def _epoch_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This epoch's batches of all ranks as ``(items, crops, seeds)`` arrays (see :meth:`_one_pass`)."""
+        total = len(self) * self.num_replicas
+        parts = [self._one_pass(np.random.default_rng([self.seed, self.epoch, 0]))]
+        if self.batches_per_epoch is None and not self.drop_last:
+            while sum(len(p[0]) for p in parts) < total:  # repeat the start of the epoch (see drop_last)
+                parts.append(parts[0])
+        round_ = 1
+        while sum(len(p[0]) for p in parts) < total:  # batches_per_epoch beyond one pass: further shuffled passes
+            parts.append(self._one_pass(np.random.default_rng([self.seed, self.epoch, round_])))
+            round_ += 1
+        return tuple(np.concatenate([p[k] for p in parts])[:total] for k in range(3))
+
+    @staticmethod
+    def _entries(items: np.ndarray, crops: np.ndarray, seeds: np.ndarray) -> list[list[Entry]]:
+        return [list(zip(row.tolist(), [int(c)] * len(row), s.tolist())) for row, c, s in zip(items, crops, seeds)]
 
     def global_batches(self) -> list[list[Entry]]:
         """This epoch's batches of all ranks, in order; rank r takes ``[r::num_replicas]``."""
-        total = len(self) * self.num_replicas
-        batches = self._one_pass(np.random.default_rng([self.seed, self.epoch, 0]))
-        if self.batches_per_epoch is None and not self.drop_last:
-            while len(batches) < total:  # repeat the start of the epoch (see drop_last)
-                batches = batches + batches[: total - len(batches)]
-        round_ = 1
-        while len(batches) < total:  # batches_per_epoch beyond one pass: further shuffled passes
-            batches += self._one_pass(np.random.default_rng([self.seed, self.epoch, round_]))
-            round_ += 1
-        return batches[:total]
+        return self._entries(*self._epoch_arrays())
 
     def __iter__(self) -> Iterator[list[Entry]]:
-        batches = self.global_batches()
-        yield from batches[self.rank::self.num_replicas]
+        # Every rank packs the same global batch list (cheap arrays) but turns only its own
+        # share into entries, the part that cost time and memory per rank at 1 M utterances.
+        items, crops, seeds = self._epoch_arrays()
+        mine = slice(self.rank, None, self.num_replicas)
+        yield from self._entries(items[mine], crops[mine], seeds[mine])

@@ -29,6 +29,7 @@ from speakerzoo.datamodules.toy import prepare_toy
 from speakerzoo.scoring import (
     as_norm,
     cohort_stats,
+    cosine_scores,
     det_curve,
     det_plot_data,
     eer,
@@ -128,6 +129,21 @@ def test_as_norm_matches_a_hand_computation():
     emb = torch.cat([enrol, test])
     scorer = Scorer(emb, cohort, asnorm_top_k=k)
     assert scorer.pairs(torch.arange(6), torch.arange(6, 12)).tolist() == pytest.approx(expected, rel=1e-5, abs=1e-5)  # float32
+    # Rows no trial uses get no cohort statistics (issue 24: 1 M rows, 50 k trials); later calls
+    # reuse the rows already known and add only new ones, with the same scores as all rows at once.
+    big = torch.cat([emb, torch.randn(500, 5, generator=g, dtype=torch.float64)])
+    lazy = Scorer(big, cohort, asnorm_top_k=k)
+    first = lazy.pairs(torch.arange(6), torch.arange(6, 12))
+    assert int(lazy._known.sum()) == 12
+    ident = lazy.ident_scores(torch.tensor([[0, 6, 20, 21], [1, 7, 20, 22]]))
+    assert int(lazy._known.sum()) == 15
+    mu, sd = cohort_stats(lazy.emb, lazy.cohort, top_k=k)  # every row, as before
+    assert torch.allclose(first, as_norm((lazy.emb[:6] * lazy.emb[6:12]).sum(-1), (mu[:6], sd[:6]), (mu[6:12], sd[6:12])),
+                          atol=1e-6)
+    rows = torch.tensor([[0, 6, 20, 21], [1, 7, 20, 22]])
+    plain = cosine_scores(lazy.emb[rows[:, 0]].unsqueeze(1), lazy.emb[rows[:, 1:]])
+    assert torch.allclose(ident, as_norm(plain, (mu[rows[:, :1]], sd[rows[:, :1]]), (mu[rows[:, 1:]], sd[rows[:, 1:]])),
+                          atol=1e-6)
     # top_k beyond the cohort keeps all of it; fewer than 2 is refused.
     assert torch.allclose(cohort_stats(enrol, cohort, top_k=500)[0], cohort_stats(enrol, cohort, top_k=30)[0])
     with pytest.raises(ValueError, match="at least 2"):

@@ -318,3 +318,10 @@ def test_corpus_writer_refuses_multichannel_and_non_finite_audio(tmp_path):
         with pytest.raises(ValueError, match="NaN"):
             w.add(wave, speaker="a", utt_id="a/2")
         assert len(w) == 0
+
+
+def test_in_memory_cache_refuses_a_corpus_larger_than_its_share_of_ram(corpus_path):
+    from speakerzoo.datamodules.corpus import Corpus, CorpusError
+    with pytest.raises(CorpusError, match="cache_in_memory: false"):
+        Corpus(corpus_path, in_memory=True, memory_fraction=1e-9)  # a share smaller than the toy corpus
+    assert Corpus(corpus_path, in_memory=True).pcm(0).size > 0  # the default share fits it

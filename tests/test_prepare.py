@@ -444,3 +444,41 @@ def test_normalize_and_trim_silence(tmp_path):
     assert np.abs(plain.audio(1)).max() == pytest.approx(0.2, abs=1e-3)
     assert (nt.settings["normalize"], nt.settings["trim"]) == (True, True)
     assert (plain.settings["normalize"], plain.settings["trim"]) == (False, False)
+
+
+def test_speaker_names_and_settings_are_datasets_beyond_the_attribute_limit(tmp_path):
+    """6,200 speakers with VoxCeleb-style ids: 80 KB of names as one JSON string, over HDF5 1.x's
+    64 KiB attribute limit, so the names live in a dataset (issue 24)."""
+    from speakerzoo.datamodules.corpus import CorpusWriter
+    names = [f"id{i:05d}-voxceleb2-dev" for i in range(6200)]
+    path = tmp_path / "many.h5"
+    with CorpusWriter(path, sample_rate=8000, settings={"note": "x" * 70_000}) as writer:
+        for i, name in enumerate(names):
+            writer.add(np.full(40, i % 100, np.int16), speaker=name, utt_id=f"u{i}")
+        writer.finish(progress=False)
+    corpus = Corpus(path)
+    assert corpus.speakers == names and corpus.settings["note"] == "x" * 70_000
+    with h5py.File(path, "r") as h5:
+        assert "speakers" not in h5.attrs and "settings" not in h5.attrs
+        assert sum(len(n) for n in names) > 64 * 1024
+
+
+def test_a_schema_1_corpus_with_json_attributes_is_still_read(tmp_path):
+    import json
+
+    from speakerzoo.datamodules.corpus import CorpusWriter
+    path = tmp_path / "old.h5"
+    with CorpusWriter(path, sample_rate=8000, settings={"source": "test"}) as writer:
+        for i in range(12):
+            writer.add(np.full(80, i, np.int16), speaker=f"s{i % 3}", utt_id=f"u{i}")
+        writer.finish(progress=False)
+    new = Corpus(path)
+    with h5py.File(path, "r+") as h5:  # the layout speakerzoo wrote before schema 2
+        h5.attrs["speakers"] = json.dumps(list(h5["speakers"].asstr()[:]))
+        h5.attrs["settings"] = h5["settings"].asstr()[0]
+        del h5["speakers"], h5["settings"]
+        h5.attrs["schema_version"] = 1
+    old = Corpus(path)
+    assert old.speakers == new.speakers == ["s0", "s1", "s2"] and old.settings == new.settings
+    assert old.settings["source"] == "test"
+    np.testing.assert_array_equal(old.pcm(5), new.pcm(5))

@@ -32,7 +32,7 @@ def _read(path):
         data["splits"] = {m: {p: h5[f"splits/{m}/{p}"][:] for p in ("train", "val", "test")}
                           for m in ("speaker", "utterance")}
         data["pairs"] = h5["trials/speaker/val/pairs"][:]
-        attrs = dict(h5.attrs)
+        attrs = {**dict(h5.attrs), "speakers": list(h5["speakers"].asstr()[:]), "settings": h5["settings"].asstr()[0]}
     return data, attrs
 
 

@@ -1,10 +1,13 @@
 """The prepared-corpus HDF5 file: its writer and its reader.
 
-Layout (schema version 1)::
+Layout (schema version 2; version 1 files, which kept ``speakers`` and ``settings`` as JSON
+attributes, are still read)::
 
     /audio                    int16  [total_samples]  PCM at attrs["sample_rate"], utterances concatenated
     /offsets                  int64  [N + 1]          utterance i is audio[offsets[i]:offsets[i + 1]]
-    /speaker                  int32  [N]              index into attrs["speakers"]; -1 = no speaker (noise)
+    /speaker                  int32  [N]              index into /speakers; -1 = no speaker (noise)
+    /speakers                 str [S]                 speaker names
+    /settings                 str [1]                 how the corpus was made (JSON)
     /utt_id /path /transcript /session   str [N]      ("" where unknown)
     /duration                 float32 [N]             seconds
     /splits/<mode>/<part>     int64                   mode: utterance | speaker; part: train | val | test
@@ -15,8 +18,10 @@ Layout (schema version 1)::
     /features/<key>/data      float32 [frames, dim]   cached frontend output (speakerzoo.features)
     /features/<key>/offsets   int64 [N + 1]
 
-    attrs: format, schema_version, sample_rate, speakers (JSON), settings (JSON), created,
-           speakerzoo_version, complete
+    attrs: format, schema_version, sample_rate, created, speakerzoo_version, complete
+
+Speaker names and settings are datasets, not attributes: HDF5 1.x (h5py < 3.16) limits an
+attribute to 64 KiB, which the names of VoxCeleb2's 6,112 speakers exceed as one JSON string.
 
 The writer works on a temporary name beside the target and renames it only after
 ``complete`` is set, so an interrupted run never leaves a half file under the real name
@@ -53,7 +58,22 @@ from speakerzoo.h5file import (
 )
 
 FORMAT = "speakerzoo-corpus"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this reader opens (1: speakers and settings as JSON attributes).
+READABLE_SCHEMA_VERSIONS = (1, 2)
+#: Largest share of the machine's RAM that ``Corpus(in_memory=True)`` may fill (divided by the
+#: processes on the machine that each load a copy: see ``SpeakerDataModule(cache_in_memory=True)``).
+IN_MEMORY_FRACTION = 0.5
+
+
+def physical_memory_bytes() -> int | None:
+    """Total RAM of this machine, or ``None`` where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 #: Rows per HDF5 chunk, and per CRC-32 of a corpus' audio (samples) and cached features (frames).
 AUDIO_BLOCK = 1 << 16
 FEATURE_BLOCK = 4096
@@ -194,6 +214,9 @@ class CorpusWriter(AtomicH5Writer):
         self.dataset("speaker", data=speaker)
         for key, values in self._text.items():
             self.text_dataset(key, values)
+        self.text_dataset("speakers", self._speaker_names)
+        self.text_dataset("settings", [json.dumps({**self.settings, "split_ratios": list(ratios), "split_seed": seed},
+                                                  default=str)])
         self.dataset("duration", data=(np.diff(offsets) / self.sample_rate).astype(np.float32))
         self.dataset("splits/noise", data=np.flatnonzero(speaker < 0).astype(np.int64))
         for mode, split_fn in (("utterance", splitting.split_by_utterance), ("speaker", splitting.split_by_speaker)):
@@ -211,8 +234,6 @@ class CorpusWriter(AtomicH5Writer):
             "format": FORMAT,
             "schema_version": SCHEMA_VERSION,
             "sample_rate": self.sample_rate,
-            "speakers": json.dumps(self._speaker_names),
-            "settings": json.dumps({**self.settings, "split_ratios": list(ratios), "split_seed": seed}, default=str),
             "created": created_timestamp(),
             "speakerzoo_version": __version__,
             "complete": True,
@@ -268,19 +289,25 @@ class CorpusWriter(AtomicH5Writer):
 class Corpus:
     """Read-only access to a prepared corpus file, safe to pickle into DataLoader workers.
 
+    The file is opened read-only without HDF5 file locks: the writer never changes a finished
+    corpus in place (it writes a temporary name and renames it), so readers need no lock, and
+    locks fail on network file systems (NFS, Lustre) that do not support them.
+
     Metadata (offsets, speakers, splits) is read once into memory; audio and features are
     read on demand through an h5py handle opened lazily in each process. With
     ``in_memory=True`` the whole PCM array and every cached feature array are loaded at once
     (the RAM-cached loader of seed 002 §2.4); forked workers then share them copy-on-write.
     """
 
-    def __init__(self, path: str | Path, in_memory: bool = False):
+    def __init__(self, path: str | Path, in_memory: bool = False, memory_fraction: float = IN_MEMORY_FRACTION):
         self.path = Path(path)
         if not self.path.exists():
             raise CorpusError(f"{self.path}: no such corpus file; create it with `speakerzoo prepare ... --output {self.path}`")
         try:
-            with h5py.File(self.path, "r") as h5:
+            with h5py.File(self.path, "r", locking=False) as h5:
                 self._load_index(h5)
+                if in_memory:
+                    self._check_fits_in_memory(h5, memory_fraction)
                 self._audio_cache = h5["audio"][:] if in_memory else None
                 if self._audio_cache is not None and self._audio_crc is not None:  # checked once, here
                     read_blocks_checked(self._audio_cache, self._audio_crc, AUDIO_BLOCK, 0, len(self._audio_cache))
@@ -308,16 +335,24 @@ class Corpus:
         attrs = h5.attrs
         if attrs.get("format") != FORMAT:
             raise CorpusError(f"{self.path}: not a speakerzoo corpus (no format attribute); create it with `speakerzoo prepare`")
-        if int(attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+        version = int(attrs.get("schema_version", -1))
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise CorpusError(
                 f"{self.path}: corpus schema version {attrs.get('schema_version')} but this speakerzoo reads "
-                f"version {SCHEMA_VERSION}; prepare it again with this version"
+                f"versions {list(READABLE_SCHEMA_VERSIONS)}; prepare it again with this version"
             )
         if not bool(attrs.get("complete", False)):
             raise CorpusError(f"{self.path}: corpus was not completely written; prepare it again")
         self.sample_rate = int(attrs["sample_rate"])
-        self.speakers: list[str] = json.loads(attrs["speakers"])
-        self.settings: dict[str, Any] = json.loads(attrs["settings"])
+        if version == 1:
+            self.speakers: list[str] = json.loads(attrs["speakers"])
+            self.settings: dict[str, Any] = json.loads(attrs["settings"])
+        else:
+            try:
+                self.speakers = read_texts_checked(h5["speakers"])
+                self.settings = json.loads(read_texts_checked(h5["settings"])[0])
+            except ChecksumMismatch:
+                raise self._damaged("its speaker list or settings") from None
         self.offsets = read_checked(h5["offsets"])
         self.num_samples = np.diff(self.offsets)  # length of every utterance in samples
         self.speaker = read_checked(h5["speaker"]).astype(np.int64)
@@ -336,6 +371,18 @@ class Corpus:
         self._feature_crc = {key: read_checked(h5[f"features/{key}/crc32"]) for key in self.feature_configs
                              if f"features/{key}/crc32" in h5}
 
+    def _check_fits_in_memory(self, h5: h5py.File, fraction: float) -> None:
+        """Refuse ``in_memory`` when the audio and cached features exceed ``fraction`` of this
+        machine's RAM (VoxCeleb2's 276 GB of PCM would otherwise be read into every rank)."""
+        ram = physical_memory_bytes()
+        need = h5["audio"].size * h5["audio"].dtype.itemsize + sum(
+            h5[f"features/{key}/data"].size * 4 for key in self.feature_configs)
+        if ram is not None and need > fraction * ram:
+            raise CorpusError(
+                f"{self.path}: cache_in_memory would load {need / 2**30:.1f} GiB of audio and features, more than "
+                f"{fraction:.0%} of this machine's {ram / 2**30:.1f} GiB of RAM (per process that loads it); "
+                f"set cache_in_memory: false, which reads crops from the file on demand")
+
     @staticmethod
     def _walk(group: h5py.Group) -> list[str]:
         names: list[str] = []
@@ -350,7 +397,7 @@ class Corpus:
 
     def _file(self) -> h5py.File:
         if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r")
+            self._h5 = h5py.File(self.path, "r", locking=False)
             self._pid = os.getpid()
         return self._h5
 

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from speakerzoo.checks import check_number
 from speakerzoo.augment import waveform_augment_from
-from speakerzoo.datamodules.corpus import Corpus, CorpusError
+from speakerzoo.datamodules.corpus import IN_MEMORY_FRACTION, Corpus, CorpusError
 from speakerzoo.datamodules.dataset import CropDataset, UtteranceDataset, collate_crops, collate_utterances
 from speakerzoo.datamodules.sampler import SpeakerBatchSampler, eligible_classes
 from speakerzoo.datamodules.splits import PARTS
@@ -263,7 +263,9 @@ class SpeakerDataModule(lightning.LightningDataModule):
         refuse_distributed_sampler(self.trainer, "SpeakerDataModule")
         if self.cache_in_memory and not self._in_memory:
             self.corpus.close()
-            self.corpus = Corpus(self.corpus_path, in_memory=True)
+            # Every process on the machine holds its own copy: each may use its share of the limit.
+            devices = max(int(getattr(self.trainer, "num_devices", 1) or 1), 1) if self.trainer is not None else 1
+            self.corpus = Corpus(self.corpus_path, in_memory=True, memory_fraction=IN_MEMORY_FRACTION / devices)
             self._in_memory = True
         needed = {"fit": ["val"], "validate": ["val"], "test": ["test"], None: ["val", "test"]}.get(stage, [])
         for part in needed:

@@ -289,9 +289,11 @@ class CorpusWriter(AtomicH5Writer):
 class Corpus:
     """Read-only access to a prepared corpus file, safe to pickle into DataLoader workers.
 
-    The file is opened read-only without HDF5 file locks: the writer never changes a finished
-    corpus in place (it writes a temporary name and renames it), so readers need no lock, and
-    locks fail on network file systems (NFS, Lustre) that do not support them.
+    The file is opened read-only with HDF5's default locking (``locking=False`` here would make
+    every other ``h5py.File`` open of the same file in the process fail: HDF5 requires the same
+    flags for all). On network file systems whose locks fail (NFS, Lustre), set
+    ``HDF5_USE_FILE_LOCKING=FALSE`` in the environment (docs/data.md): the writer never changes a
+    finished corpus in place (temporary name, then rename), so readers need no lock.
 
     Metadata (offsets, speakers, splits) is read once into memory; audio and features are
     read on demand through an h5py handle opened lazily in each process. With
@@ -304,7 +306,7 @@ class Corpus:
         if not self.path.exists():
             raise CorpusError(f"{self.path}: no such corpus file; create it with `speakerzoo prepare ... --output {self.path}`")
         try:
-            with h5py.File(self.path, "r", locking=False) as h5:
+            with h5py.File(self.path, "r") as h5:
                 self._load_index(h5)
                 if in_memory:
                     self._check_fits_in_memory(h5, memory_fraction)
@@ -397,7 +399,7 @@ class Corpus:
 
     def _file(self) -> h5py.File:
         if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r", locking=False)
+            self._h5 = h5py.File(self.path, "r")
             self._pid = os.getpid()
         return self._h5
 

@@ -298,18 +298,11 @@ class SpeakerDataModule(lightning.LightningDataModule):
                 f"utterances; lower speakers_per_batch")
 
     def train_sampler(self) -> SpeakerBatchSampler:
-        """This rank's P x K batch sampler, built once per (rank, world size) and reused by
-        :meth:`describe` and every training loader (it groups all training utterances)."""
         rank, world = self._rank_world()
-        key = (rank, world, self.crop_lengths())
-        cached = getattr(self, "_train_sampler", None)
-        if cached is None or cached[0] != key:
-            sampler = SpeakerBatchSampler(
-                self.train_labels, self.speakers_per_batch, self.utterances_per_speaker, num_replicas=world,
-                rank=rank, seed=self.seed, batches_per_epoch=self.batches_per_epoch, crop_samples=self.crop_lengths(),
-                min_utterances=1)  # speakers below min_utterances_per_speaker were left out in __init__
-            self._train_sampler = cached = (key, sampler)
-        return cached[1]
+        return SpeakerBatchSampler(
+            self.train_labels, self.speakers_per_batch, self.utterances_per_speaker, num_replicas=world, rank=rank,
+            seed=self.seed, batches_per_epoch=self.batches_per_epoch, crop_samples=self.crop_lengths(),
+            min_utterances=1)  # speakers below min_utterances_per_speaker were left out in __init__
 
     def train_dataloader(self) -> DataLoader:
         self._check_training()

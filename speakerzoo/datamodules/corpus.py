@@ -378,7 +378,7 @@ class Corpus:
         machine's RAM (VoxCeleb2's 276 GB of PCM would otherwise be read into every rank)."""
         ram = physical_memory_bytes()
         need = h5["audio"].size * h5["audio"].dtype.itemsize + sum(
-            h5[f"features/{key}/data"].size * 4 for key in self.feature_configs)
+            h5[f"features/{key}/data"].size * h5[f"features/{key}/data"].dtype.itemsize for key in self.feature_configs)
         if ram is not None and need > fraction * ram:
             raise CorpusError(
                 f"{self.path}: cache_in_memory would load {need / 2**30:.1f} GiB of audio and features, more than "

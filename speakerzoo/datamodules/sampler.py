@@ -176,7 +176,7 @@ class SpeakerBatchSampler(Sampler[list[Entry]]):
         order = rng.permutation(len(items))
         crops = np.empty(len(items), np.int64)
         seeds = np.empty(items.shape, np.int64)
-        for out, b in enumerate(order):
+        for out in range(len(order)):  # one draw per batch in the epoch's order, as the entries were made
             crops[out] = rng.integers(lo, hi + 1)
             seeds[out] = rng.integers(0, 2 ** 63 - 1, size=items.shape[1])
         return items[order], crops, seeds

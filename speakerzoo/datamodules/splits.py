@@ -54,6 +54,14 @@ def _allocate(n: int, ratios: tuple[float, float, float], rng: np.random.Generat
     return counts.tolist()
 
 
+def _grouped_positions(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(speakers, starts, order)`` of a label array without noise: ``order[starts[j]:starts[j + 1]]``
+    are the positions of label ``speakers[j]``, ascending (one stable sort)."""
+    order = np.argsort(labels, kind="stable")
+    speakers, starts = np.unique(labels[order], return_index=True)
+    return speakers, np.append(starts, len(order)).astype(np.int64), order
+
+
 def group_by_speaker(speaker: np.ndarray, indices: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The utterances ``indices`` (default: all) grouped by speaker in one stable sort.
@@ -63,13 +71,9 @@ def group_by_speaker(speaker: np.ndarray, indices: np.ndarray | None = None
     ``speakers[j]`` in the order they have in ``indices``.
     """
     indices = np.arange(len(speaker), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-    labels = np.asarray(speaker)[indices]
-    keep = labels >= 0
-    indices, labels = indices[keep], labels[keep]
-    order = np.argsort(labels, kind="stable")
-    members, sorted_labels = indices[order], labels[order]
-    speakers, starts = np.unique(sorted_labels, return_index=True)
-    return speakers, np.append(starts, len(members)).astype(np.int64), members
+    indices = indices[np.asarray(speaker)[indices] >= 0]
+    speakers, starts, order = _grouped_positions(np.asarray(speaker)[indices])
+    return speakers, starts, indices[order]
 
 
 def split_by_utterance(speaker: np.ndarray, ratios=(0.7, 0.15, 0.15), seed: int = 0) -> dict[str, np.ndarray]:
@@ -112,10 +116,14 @@ def identification_width(speaker: np.ndarray, indices: np.ndarray, negatives: in
     some anchor's speaker leaves fewer other-speaker utterances in the part (rows never repeat a
     negative, and all rows of a part have the same width)."""
     _, starts, members = group_by_speaker(speaker, indices)
-    sizes = np.diff(starts)
+    return _row_width(np.diff(starts), negatives)
+
+
+def _row_width(sizes: np.ndarray, negatives: int) -> int:
+    """:func:`identification_width` from the part's utterances per speaker."""
     if len(sizes) < 2 or not (sizes > 1).any():
         return negatives
-    return int(min(negatives, len(members) - sizes[sizes > 1].max()))
+    return int(min(negatives, sizes.sum() - sizes[sizes > 1].max()))
 
 
 def make_trials(speaker: np.ndarray, indices: np.ndarray, seed: int = 0, negatives: int = 99,
@@ -131,14 +139,15 @@ def make_trials(speaker: np.ndarray, indices: np.ndarray, seed: int = 0, negativ
     rng = np.random.default_rng(seed)
     indices = np.asarray(indices, dtype=np.int64)
     indices = indices[np.asarray(speaker)[indices] >= 0]
-    speakers, starts, members = group_by_speaker(speaker, indices)
-    width = identification_width(speaker, indices, negatives)
+    labels = np.asarray(speaker)[indices]
+    # order[starts[g]:starts[g + 1]]: positions in indices of speaker group g, ascending.
+    speakers, starts, order = _grouped_positions(labels)
+    members, sizes = indices[order], np.diff(starts)
+    width = _row_width(sizes, negatives)
     empty = (np.zeros((0, 3), np.int64), np.zeros((0, 2 + width), np.int64))
     if len(speakers) < 2:
         return empty
-    sizes = np.diff(starts)
-    group = np.searchsorted(speakers, np.asarray(speaker)[indices])  # speaker group of every item
-    order = np.argsort(group, kind="stable")  # order[starts[g]:starts[g + 1]]: positions of group g in indices
+    group = np.searchsorted(speakers, labels)  # speaker group of every item
     rank = np.empty(len(indices), np.int64)
     rank[order] = np.arange(len(indices))  # position of every item in order
     anchors = indices[sizes[group] > 1]

@@ -130,18 +130,20 @@ class BlockChecksums:
         return np.asarray(crcs, dtype=np.uint32)
 
 
-def read_blocks_checked(source, crcs: np.ndarray, block: int, start: int, stop: int) -> np.ndarray:
+def read_blocks_checked(source, crcs, block: int, start: int, stop: int) -> np.ndarray:
     """Rows ``[start:stop]`` of ``source`` (a dataset or an array), after checking the CRC-32 of
     every block of ``block`` rows they touch (:class:`BlockChecksums`); HDF5 reads whole chunks
-    anyway, so the wider read costs no more I/O when blocks are chunks."""
+    anyway, so the wider read costs no more I/O when blocks are chunks. ``crcs`` is an array or the
+    dataset that holds them (only the checksums of the blocks read are then read)."""
     if stop <= start:
         return source[start:stop]
     first, last = start // block, (stop - 1) // block
     lo, hi = first * block, min((last + 1) * block, len(source))
     rows = np.ascontiguousarray(source[lo:hi])
+    sums = crcs[first:last + 1]  # one read where ``crcs`` is a dataset
     for k in range(first, last + 1):
         piece = rows[(k - first) * block:(k - first + 1) * block]
-        if zlib.crc32(piece.tobytes()) != int(crcs[k]):
+        if zlib.crc32(piece.tobytes()) != int(sums[k - first]):
             raise ChecksumMismatch(f"rows {k * block}-{k * block + len(piece) - 1} fail their checksum")
     return rows[start - lo:stop - lo]
 

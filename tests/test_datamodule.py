@@ -149,7 +149,7 @@ def test_in_memory_cache_gives_identical_batches(corpus_path):
         for x, y in zip(a, b):
             assert x.keys() == y.keys()
             assert all(torch.equal(x[k], y[k]) for k in x)
-        assert disk.corpus._h5 is not None and mem.corpus._h5 is None  # the cache never touched the file
+        assert disk.corpus._handles and not mem.corpus._handles  # the cache never touched the file
 
 
 def test_cached_feature_batches(corpus_path):

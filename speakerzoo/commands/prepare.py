@@ -16,6 +16,7 @@ from pathlib import Path
 from speakerzoo.commands.argtypes import non_negative_float, non_negative_int, positive_int
 from speakerzoo.commands.common import run_command, warn
 from speakerzoo.datamodules.prepare import DEFAULT_WORKERS, prepare, prepare_toy_corpus
+from speakerzoo.datamodules.shards import ShardProgress
 from speakerzoo.datamodules.sources import SOURCES
 from speakerzoo.features import PRESETS
 
@@ -56,16 +57,27 @@ def _feature_help() -> str:
     return f"feature presets to cache beside the audio ({', '.join(names)}); default: none"
 
 
+def _part(text: str) -> tuple[int, int]:
+    try:
+        k, m = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/M such as 0/4, not {text!r}") from None
+    if not (m >= 1 and 0 <= k < m):
+        raise argparse.ArgumentTypeError(f"K/M needs 0 <= K < M, not {text!r}")
+    return k, m
+
+
 def build_parser() -> argparse.ArgumentParser:
     examples = "\n".join(f"  {ex}" for *_, ex in _EXAMPLES.values()) + f"\n  {_TOY_EXAMPLE}"
     parser = argparse.ArgumentParser(
         prog="speakerzoo prepare",
         description=(
-            "Decode a speech corpus once into a single HDF5 corpus file (16-bit PCM at one sample rate, "
+            "Decode a speech corpus once into an HDF5 corpus file (16-bit PCM at one sample rate, "
             "speakers, transcripts, seeded splits by utterance and by speaker, verification and "
             "identification trials, optional cached features). Unreadable, empty, non-audio and "
             "truncated files are skipped and listed (--strict stops at the first). The output is "
-            "written under a temporary name and only replaces OUT.h5 when complete."
+            "written under a temporary name and only replaces OUT.h5 when complete. Large corpora: "
+            "--shard-files N writes resumable shards in parallel, joined by the index OUT.h5."
         ),
         epilog="examples:\n" + examples + "\n\nrun `speakerzoo prepare SOURCE --help` for the options of one source.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -93,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--min-seconds", type=non_negative_float, default=0.1, metavar="S",
                       help="skip clips shorter than S seconds after decoding and trimming (default: 0.1); "
                            "silent clips are skipped whatever their length")
+    opts.add_argument("--shard-files", type=positive_int, default=None, metavar="N",
+                      help="write the corpus as shards of N input files in OUT.h5.shards/ plus the index OUT.h5, "
+                           "--workers shards at a time; a rerun of the same command keeps the finished shards "
+                           "(for large corpora: 10000 files is about 20 h of VoxCeleb2). Default: one file")
+    opts.add_argument("--part", type=_part, default=None, metavar="K/M",
+                      help="with --shard-files: write only every M-th shard from the K-th (0 <= K < M), one of M "
+                           "runs on machines that share the output folder; the run that finds every shard "
+                           "finished writes the index")
     opts.add_argument("--quiet", "-q", action="store_true", help="no progress bars; print only the output path")
 
     for name, (metavar, short, what, example) in _EXAMPLES.items():
@@ -135,7 +155,10 @@ def run(args: argparse.Namespace, command: str = "speakerzoo prepare") -> str:
         min_seconds=args.min_seconds, progress=not args.quiet,
         settings={"sources": [{"kind": args.source, "path": str(Path(args.path).expanduser().resolve())}],
                   "command": command},
+        shard_files=args.shard_files, part=args.part,
     )
+    if isinstance(summary, ShardProgress):
+        return str(summary)
     if not args.quiet:
         return str(summary)
     if summary.skipped:

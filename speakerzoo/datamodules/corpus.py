@@ -33,6 +33,7 @@ message that says how to rebuild them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -58,9 +59,10 @@ from speakerzoo.h5file import (
 )
 
 FORMAT = "speakerzoo-corpus"
-SCHEMA_VERSION = 2
-#: Versions this reader opens (1: speakers and settings as JSON attributes).
-READABLE_SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+#: Versions this reader opens (1: speakers and settings as JSON attributes; 2: checksum blocks of
+#: 65,536 samples and 4,096 frames; 3: blocks that are the chunks of the data, and sharded corpora).
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 #: Largest share of the machine's RAM that ``Corpus(in_memory=True)`` may fill (divided by the
 #: processes on the machine that each load a copy: see ``SpeakerDataModule(cache_in_memory=True)``).
 IN_MEMORY_FRACTION = 0.5
@@ -75,9 +77,14 @@ def physical_memory_bytes() -> int | None:
 
 
 #: Rows per HDF5 chunk, and per CRC-32 of a corpus' audio (samples) and cached features (frames).
-AUDIO_BLOCK = 1 << 16
-FEATURE_BLOCK = 4096
-_TEXT_FIELDS = ("utt_id", "path", "transcript", "session")
+#: A read fetches and checks whole blocks, so a crop of L rows reads about L + block rows: 4,096
+#: samples (8 KiB) keep a 2 s crop's read within 1.13x of its size at 16 kHz (1.26x at 8 kHz),
+#: where schema 2's 65,536 read 3x; 64 frames (20 KiB of fbank80) keep a 200-frame crop within
+#: 1.32x, where 4,096 frames (1.3 MB) read about 20x. Readers take the block from the chunk shape
+#: of each file, so older corpora keep working.
+AUDIO_BLOCK = 1 << 12
+FEATURE_BLOCK = 64
+TEXT_FIELDS = ("utt_id", "path", "transcript", "session")
 
 
 class CorpusError(RuntimeError):
@@ -126,6 +133,43 @@ def cacheable_features(specs: Iterable[str | FeatureConfig | dict]) -> list[Feat
     return configs
 
 
+def write_index(writer: AtomicH5Writer, offsets: np.ndarray, speaker: np.ndarray, speaker_names: list[str],
+                texts: dict[str, list[str]], sample_rate: int, settings: dict[str, Any], ratios=(0.7, 0.15, 0.15),
+                seed: int = 0, max_trial_anchors: int | None = 2000, layout: str = "file") -> None:
+    """Everything of a corpus file but its audio and features: the per-utterance index, speaker
+    names, settings, splits, trials and the file attributes (``complete`` included, so call it
+    last but for the features). One code path for a corpus file and for the index of a sharded
+    corpus, so that both get the same splits and trials from the same utterances and seed."""
+    speaker = np.asarray(speaker, dtype=np.int32)
+    writer.dataset("offsets", data=np.asarray(offsets, dtype=np.int64))
+    writer.dataset("speaker", data=speaker)
+    for key in TEXT_FIELDS:
+        writer.text_dataset(key, texts[key])
+    writer.text_dataset("speakers", speaker_names)
+    writer.text_dataset("settings", [json.dumps({**settings, "split_ratios": list(ratios), "split_seed": seed},
+                                                default=str)])
+    writer.dataset("duration", data=(np.diff(offsets) / sample_rate).astype(np.float32))
+    writer.dataset("splits/noise", data=np.flatnonzero(speaker < 0).astype(np.int64))
+    for mode, split_fn in (("utterance", splitting.split_by_utterance), ("speaker", splitting.split_by_speaker)):
+        parts = split_fn(speaker, ratios=ratios, seed=seed)
+        for part, idx in parts.items():
+            writer.dataset(f"splits/{mode}/{part}", data=idx)
+            if part == "train":
+                continue
+            pairs, ident = splitting.make_trials(speaker, idx, seed=seed, max_anchors=max_trial_anchors)
+            writer.dataset(f"trials/{mode}/{part}/pairs", data=pairs)
+            writer.dataset(f"trials/{mode}/{part}/ident", data=ident)
+    writer._h5.attrs.update({
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "layout": layout,
+        "sample_rate": int(sample_rate),
+        "created": created_timestamp(),
+        "speakerzoo_version": __version__,
+        "complete": True,
+    })
+
+
 class CorpusWriter(AtomicH5Writer):
     """Writes one corpus file; use as a context manager.
 
@@ -150,7 +194,7 @@ class CorpusWriter(AtomicH5Writer):
         self._speaker_names: list[str] = []
         self._speaker_index: dict[str, int] = {}
         self._speaker: list[int] = []
-        self._text: dict[str, list[str]] = {k: [] for k in _TEXT_FIELDS}
+        self._text: dict[str, list[str]] = {k: [] for k in TEXT_FIELDS}
         self._pending: list[np.ndarray] = []
         self._pending_len = 0
 
@@ -181,7 +225,7 @@ class CorpusWriter(AtomicH5Writer):
             if spk == len(self._speaker_names):
                 self._speaker_names.append(speaker)
         self._speaker.append(spk)
-        for key, value in zip(_TEXT_FIELDS, (utt_id, path, transcript, session)):
+        for key, value in zip(TEXT_FIELDS, (utt_id, path, transcript, session)):
             self._text[key].append(value or "")
         self._offsets.append(self._offsets[-1] + pcm.size)
         self._pending.append(pcm)
@@ -206,38 +250,12 @@ class CorpusWriter(AtomicH5Writer):
         self._flush()
         if not self._speaker:
             raise CorpusError(f"{self.path}: no utterances were added; nothing to write")
-        h5 = self._h5
         offsets = np.asarray(self._offsets, dtype=np.int64)
-        speaker = np.asarray(self._speaker, dtype=np.int32)
-        self.dataset("offsets", data=offsets)
         self.dataset("audio_crc32", data=self._audio_crc.finish())
-        self.dataset("speaker", data=speaker)
-        for key, values in self._text.items():
-            self.text_dataset(key, values)
-        self.text_dataset("speakers", self._speaker_names)
-        self.text_dataset("settings", [json.dumps({**self.settings, "split_ratios": list(ratios), "split_seed": seed},
-                                                  default=str)])
-        self.dataset("duration", data=(np.diff(offsets) / self.sample_rate).astype(np.float32))
-        self.dataset("splits/noise", data=np.flatnonzero(speaker < 0).astype(np.int64))
-        for mode, split_fn in (("utterance", splitting.split_by_utterance), ("speaker", splitting.split_by_speaker)):
-            parts = split_fn(speaker, ratios=ratios, seed=seed)
-            for part, idx in parts.items():
-                self.dataset(f"splits/{mode}/{part}", data=idx)
-                if part == "train":
-                    continue
-                pairs, ident = splitting.make_trials(speaker, idx, seed=seed, max_anchors=max_trial_anchors)
-                self.dataset(f"trials/{mode}/{part}/pairs", data=pairs)
-                self.dataset(f"trials/{mode}/{part}/ident", data=ident)
+        write_index(self, offsets, np.asarray(self._speaker, dtype=np.int32), self._speaker_names, self._text,
+                    self.sample_rate, self.settings, ratios=ratios, seed=seed, max_trial_anchors=max_trial_anchors)
         for spec in features:
             self._write_features(FeatureConfig.parse(spec), offsets, progress)
-        h5.attrs.update({
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
-            "sample_rate": self.sample_rate,
-            "created": created_timestamp(),
-            "speakerzoo_version": __version__,
-            "complete": True,
-        })
         return self._commit()
 
     def _write_features(self, config: FeatureConfig, offsets: np.ndarray, progress: bool) -> None:
@@ -287,51 +305,52 @@ class CorpusWriter(AtomicH5Writer):
 
 
 class Corpus:
-    """Read-only access to a prepared corpus file, safe to pickle into DataLoader workers.
+    """Read-only access to a prepared corpus, safe to pickle into DataLoader workers.
 
-    The file is opened read-only with HDF5's default locking (``locking=False`` here would make
+    A corpus is one file, or an index file whose audio and cached features live in shard files
+    beside it (``prepare --shard-files``, :mod:`speakerzoo.datamodules.shards`); both read the
+    same way: utterance ``i`` of the index is utterance ``i`` of the corpus, whichever shard holds it.
+
+    Files are opened read-only with HDF5's default locking (``locking=False`` here would make
     every other ``h5py.File`` open of the same file in the process fail: HDF5 requires the same
     flags for all). On network file systems whose locks fail (NFS, Lustre), set
     ``HDF5_USE_FILE_LOCKING=FALSE`` in the environment (docs/data.md): the writer never changes a
     finished corpus in place (temporary name, then rename), so readers need no lock.
 
     Metadata (offsets, speakers, splits) is read once into memory; audio and features are
-    read on demand through an h5py handle opened lazily in each process. With
-    ``in_memory=True`` the whole PCM array and every cached feature array are loaded at once
-    (the RAM-cached loader of seed 002 §2.4); forked workers then share them copy-on-write.
+    read on demand through h5py handles opened lazily in each process, and checked against the
+    block checksums stored beside them (read with the data, so opening a corpus costs the same
+    at any size). With ``in_memory=True`` the whole PCM array and every cached feature array are
+    loaded at once (the RAM-cached loader of seed 002 §2.4); forked workers then share them
+    copy-on-write.
     """
 
     def __init__(self, path: str | Path, in_memory: bool = False, memory_fraction: float = IN_MEMORY_FRACTION):
         self.path = Path(path)
         if not self.path.exists():
             raise CorpusError(f"{self.path}: no such corpus file; create it with `speakerzoo prepare ... --output {self.path}`")
+        self._handles: dict[int, h5py.File] = {}
+        self._datasets: dict[tuple[int, str], tuple[h5py.Dataset, h5py.Dataset | None, int]] = {}
+        self._pid: int | None = None
+        self._audio_cache: np.ndarray | None = None
+        self._feature_cache: dict[str, np.ndarray] = {}
         try:
             with h5py.File(self.path, "r") as h5:
                 self._load_index(h5)
-                if in_memory:
-                    self._check_fits_in_memory(h5, memory_fraction)
-                self._audio_cache = h5["audio"][:] if in_memory else None
-                if self._audio_cache is not None and self._audio_crc is not None:  # checked once, here
-                    read_blocks_checked(self._audio_cache, self._audio_crc, AUDIO_BLOCK, 0, len(self._audio_cache))
-                self._feature_cache = (
-                    {key: h5[f"features/{key}/data"][:] for key in self.feature_configs} if in_memory else {}
-                )
+            if in_memory:
+                self._check_fits_in_memory(memory_fraction)
+                self._load_into_memory()
         except CorpusError:
             raise
-        except (OSError, ChecksumMismatch) as err:
+        except (OSError, ChecksumMismatch, KeyError, ValueError) as err:
             if is_checksum_failure(err):
                 raise self._damaged(f"its index ({err})") from err
             raise CorpusError(
                 f"{self.path}: not a complete speakerzoo corpus ({err}); the file may be truncated or still being "
                 f"written. Prepare it again with `speakerzoo prepare ... --output {self.path}`"
             ) from err
-        except (KeyError, ValueError) as err:
-            raise CorpusError(
-                f"{self.path}: not a complete speakerzoo corpus ({err}); the file may be truncated or still being "
-                f"written. Prepare it again with `speakerzoo prepare ... --output {self.path}`"
-            ) from err
-        self._h5: h5py.File | None = None
-        self._pid: int | None = None
+        finally:
+            self.close()
 
     def _load_index(self, h5: h5py.File) -> None:
         attrs = h5.attrs
@@ -359,10 +378,25 @@ class Corpus:
         self.num_samples = np.diff(self.offsets)  # length of every utterance in samples
         self.speaker = read_checked(h5["speaker"]).astype(np.int64)
         self.duration = read_checked(h5["duration"])
-        if self.offsets[-1] != h5["audio"].shape[0]:
-            raise CorpusError(f"{self.path}: audio array is shorter than its index (truncated); prepare it again")
-        # Corpora written before checksums have none; they are read unchecked.
-        self._audio_crc = read_checked(h5["audio_crc32"]) if "audio_crc32" in h5 else None
+        self.sharded = attrs.get("layout", "file") == "shards"
+        if self.sharded:
+            #: The shard files, in order; shard k holds utterances shard_first[k]:shard_first[k + 1].
+            self.shard_paths = [self.path.parent / p for p in read_texts_checked(h5["shards/path"])]
+            self.shard_first = read_checked(h5["shards/first"])
+            self._shard_digest = read_texts_checked(h5["shards/audio_digest"])
+            missing = [str(p) for p in self.shard_paths if not p.is_file()]
+            if missing:
+                raise CorpusError(
+                    f"{self.path}: {len(missing)} of its {len(self.shard_paths)} shard files are missing "
+                    f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); copy them beside the index, "
+                    f"or run the same `speakerzoo prepare` command again: it keeps the shards that are there "
+                    f"and makes the missing ones")
+        else:
+            self.shard_paths = [self.path]
+            self.shard_first = np.asarray([0, len(self.speaker)], dtype=np.int64)
+            self._shard_digest = [None]
+            if self.offsets[-1] != h5["audio"].shape[0]:
+                raise CorpusError(f"{self.path}: audio array is shorter than its index (truncated); prepare it again")
         self._splits = {name: read_checked(h5[f"splits/{name}"]) for name in self._walk(h5["splits"])}
         self._trials = ({name: read_checked(h5[f"trials/{name}"]) for name in self._walk(h5["trials"])}
                         if "trials" in h5 else {})
@@ -370,20 +404,31 @@ class Corpus:
             key: FeatureConfig.parse(str(group.attrs["config"])) for key, group in h5.get("features", {}).items()
         }
         self._feature_offsets = {key: read_checked(h5[f"features/{key}/offsets"]) for key in self.feature_configs}
-        self._feature_crc = {key: read_checked(h5[f"features/{key}/crc32"]) for key in self.feature_configs
-                             if f"features/{key}/crc32" in h5}
 
-    def _check_fits_in_memory(self, h5: h5py.File, fraction: float) -> None:
+    def _check_fits_in_memory(self, fraction: float) -> None:
         """Refuse ``in_memory`` when the audio and cached features exceed ``fraction`` of this
         machine's RAM (VoxCeleb2's 276 GB of PCM would otherwise be read into every rank)."""
         ram = physical_memory_bytes()
-        need = h5["audio"].size * h5["audio"].dtype.itemsize + sum(
-            h5[f"features/{key}/data"].size * h5[f"features/{key}/data"].dtype.itemsize for key in self.feature_configs)
+        need = int(self.offsets[-1]) * 2 + sum(int(self._feature_offsets[key][-1]) * cfg.dim * 4
+                                               for key, cfg in self.feature_configs.items())
         if ram is not None and need > fraction * ram:
             raise CorpusError(
                 f"{self.path}: cache_in_memory would load {need / 2**30:.1f} GiB of audio and features, more than "
                 f"{fraction:.0%} of this machine's {ram / 2**30:.1f} GiB of RAM (per process that loads it); "
                 f"set cache_in_memory: false, which reads crops from the file on demand")
+
+    def _load_into_memory(self) -> None:
+        """Read every shard's audio and features into one array each, checking every block once."""
+        audio = np.empty(int(self.offsets[-1]), dtype=np.int16)
+        features = {key: np.empty((int(self._feature_offsets[key][-1]), cfg.dim), dtype=np.float32)
+                    for key, cfg in self.feature_configs.items()}
+        for k in range(len(self.shard_paths)):
+            first, last = int(self.shard_first[k]), int(self.shard_first[k + 1])
+            for name, target, bounds in [("audio", audio, self.offsets)] + [
+                    (f"features/{key}/data", features[key], self._feature_offsets[key]) for key in features]:
+                lo, hi = int(bounds[first]), int(bounds[last])
+                target[lo:hi] = self._read(k, name, 0, hi - lo, f"its {name}", whole=True)
+        self._audio_cache, self._feature_cache = audio, features
 
     @staticmethod
     def _walk(group: h5py.Group) -> list[str]:
@@ -394,37 +439,63 @@ class Corpus:
     # -- pickling: handles never cross a process boundary ---------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_h5"], state["_pid"] = None, None
+        state["_handles"], state["_datasets"], state["_pid"] = {}, {}, None
         return state
 
-    def _file(self) -> h5py.File:
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._h5
+    def _open(self, k: int) -> h5py.File:
+        """The h5py handle of shard ``k`` in this process (``-1``: the index file), opened on first use;
+        a shard is checked to be the one the index was made from the first time it opens."""
+        if self._pid != os.getpid():
+            self._handles, self._datasets, self._pid = {}, {}, os.getpid()
+        if not self.sharded:
+            k = 0 if k == -1 else k
+        handle = self._handles.get(k)
+        if handle is None:
+            path = self.path if k == -1 else self.shard_paths[k]
+            try:
+                handle = h5py.File(path, "r")
+            except OSError as err:
+                raise CorpusError(f"{path}: cannot open this shard of {self.path} ({err}); run the same "
+                                  "`speakerzoo prepare` command again to make it again") from err
+            if k >= 0 and self.sharded:
+                self._check_shard(k, handle)
+            self._handles[k] = handle
+        return handle
+
+    def _check_shard(self, k: int, h5: h5py.File) -> None:
+        path = self.shard_paths[k]
+        extent = int(self.offsets[self.shard_first[k + 1]] - self.offsets[self.shard_first[k]])
+        crc = h5.get("audio_crc32")
+        if (not bool(h5.attrs.get("complete", False)) or crc is None or crc.attrs.get("sha256") != self._shard_digest[k]
+                or h5["audio"].shape[0] != extent):
+            h5.close()
+            raise CorpusError(
+                f"{path} is not the shard {self.path} was made from (it was replaced, or is unfinished); run the "
+                f"same `speakerzoo prepare` command again, which makes the shards and the index agree")
 
     def close(self) -> None:
-        if self._h5 is not None and self._pid == os.getpid():
-            self._h5.close()
-        self._h5 = None
+        if self._pid == os.getpid():
+            for handle in self._handles.values():
+                handle.close()
+        self._handles, self._datasets, self._pid = {}, {}, None
 
     # -- metadata ----------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.speaker)
 
-
-    def _damaged(self, what: str) -> CorpusError:
-        return CorpusError(f"{self.path} is damaged: {what} fails its checksum (the file changed after it was "
+    def _damaged(self, what: str, path: Path | None = None) -> CorpusError:
+        path = path or self.path
+        return CorpusError(f"{path} is damaged: {what} fails its checksum (the file changed after it was "
                            f"written: a bad disk or copy). Copy it again, or prepare it again with "
                            f"`speakerzoo prepare ... --output {self.path}`")
 
     def texts(self, field: str) -> list[str]:
         """One of ``utt_id``, ``path``, ``transcript``, ``session`` for every utterance (checked against
         the digest stored beside it, where the corpus has one)."""
-        if field not in _TEXT_FIELDS:
-            raise KeyError(f"{field!r} is not one of {_TEXT_FIELDS}")
+        if field not in TEXT_FIELDS:
+            raise KeyError(f"{field!r} is not one of {TEXT_FIELDS}")
         try:
-            return read_texts_checked(self._file()[field])
+            return read_texts_checked(self._open(-1)[field])
         except ChecksumMismatch:
             raise self._damaged(f"its {field} list") from None
 
@@ -443,13 +514,14 @@ class Corpus:
         return self._trials[f"{key}/pairs"], self._trials[f"{key}/ident"]
 
     # -- data --------------------------------------------------------------------------------
+    def shard_of(self, i: int) -> int:
+        """The shard that holds utterance ``i`` (0 for a single-file corpus)."""
+        return int(np.searchsorted(self.shard_first, i, side="right")) - 1
+
     def pcm(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Int16 samples ``[start:stop]`` of utterance ``i``, exactly as stored."""
-        lo = int(self.offsets[i])
-        hi = int(self.offsets[i + 1])
-        a, b = lo + start, hi if stop is None else min(lo + stop, hi)
-        return self._rows("audio", self._audio_cache, self._audio_crc, AUDIO_BLOCK, a, b,
-                          f"the audio of utterance {i}")
+        return self._utterance_rows("audio", self.offsets, self._audio_cache, i, start, stop,
+                                    f"the audio of utterance {i}")
 
     def audio(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Float32 samples ``[start:stop]`` of utterance ``i``."""
@@ -462,23 +534,59 @@ class Corpus:
                 f"{self.path}: no cached features {key!r} (has {sorted(self.feature_configs) or 'none'}); "
                 f"prepare it again with `--features {key}`"
             )
-        offsets = self._feature_offsets[key]
-        lo, hi = int(offsets[i]), int(offsets[i + 1])
-        b = hi if stop is None else min(lo + stop, hi)
-        return self._rows(f"features/{key}/data", self._feature_cache.get(key), self._feature_crc.get(key),
-                          FEATURE_BLOCK, lo + start, b, f"the {key} features of utterance {i}")
+        return self._utterance_rows(f"features/{key}/data", self._feature_offsets[key], self._feature_cache.get(key),
+                                    i, start, stop, f"the {key} features of utterance {i}")
 
-    def _rows(self, name: str, cache: np.ndarray | None, crcs: np.ndarray | None, block: int, a: int, b: int,
-              what: str) -> np.ndarray:
-        """Rows ``[a:b]`` of dataset ``name`` (or of its in-memory ``cache``), checked against its
-        block checksums where the corpus has them; damage is a :class:`CorpusError` naming ``what``."""
+    def _utterance_rows(self, name: str, offsets: np.ndarray, cache: np.ndarray | None, i: int, start: int,
+                        stop: int | None, what: str) -> np.ndarray:
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        a, b = lo + start, hi if stop is None else min(lo + stop, hi)
+        if cache is not None:
+            return cache[a:b]
+        k = self.shard_of(i) if self.sharded else 0
+        base = int(offsets[self.shard_first[k]])
+        return self._read(k, name, a - base, b - base, what)
+
+    def _read(self, k: int, name: str, a: int, b: int, what: str, whole: bool = False) -> np.ndarray:
+        """Rows ``[a:b]`` of dataset ``name`` of shard ``k``, checked against its block checksums (the
+        ``*crc32`` dataset beside it, whose block is the dataset's chunk) where it has them; damage
+        is a :class:`CorpusError` naming ``what``. ``whole``: read the checksums at once (a long read)."""
+        path = self.shard_paths[k]
         try:
-            source = cache if cache is not None else self._file()[name]
-            return source[a:b] if crcs is None else read_blocks_checked(source, crcs, block, a, b)
+            entry = self._datasets.get((k, name)) if self._pid == os.getpid() else None
+            if entry is None:
+                h5 = self._open(k)
+                data = h5[name]
+                crc_name = "audio_crc32" if name == "audio" else name.rsplit("/", 1)[0] + "/crc32"
+                entry = (data, h5[crc_name] if crc_name in h5 else None, int(data.chunks[0]) if data.chunks else 0)
+                self._datasets[(k, name)] = entry
+            data, crcs, block = entry
+            if crcs is None:
+                return data[a:b]
+            return read_blocks_checked(data, crcs[()] if whole else crcs, block, a, b)
         except (OSError, ChecksumMismatch) as err:
             if is_checksum_failure(err):
-                raise self._damaged(what) from err
-            raise
+                raise self._damaged(what, path) from err
+            # The file opened, so a failing read is damage to its chunk index (HDF5: "wrong B-tree
+            # signature") or a storage failure; either way not data to train on.
+            raise CorpusError(f"{path} is damaged: {what} cannot be read ({err}); copy it again, or prepare it "
+                              f"again with `speakerzoo prepare ... --output {self.path}`") from err
+
+    def utterance_digests(self) -> list[str]:
+        """sha256 of every utterance: its speaker name, texts, PCM and cached features. Two corpora
+        with equal digests hold the same utterances in the same order, however they were written
+        (one file or shards, in one run or resumed after a kill)."""
+        texts = [self.texts(key) for key in TEXT_FIELDS]
+        digests = []
+        for i in range(len(self)):
+            h = hashlib.sha256()
+            name = self.speakers[self.speaker[i]] if self.speaker[i] >= 0 else ""
+            h.update(json.dumps([name] + [t[i] for t in texts]).encode())
+            h.update(self.pcm(i).tobytes())
+            for key in sorted(self.feature_configs):
+                h.update(np.ascontiguousarray(self.features(key, i)).tobytes())
+            digests.append(h.hexdigest())
+        return digests
 
     def num_frames(self, key: str) -> np.ndarray:
         """Length of every utterance in frames of the cached feature ``key``."""

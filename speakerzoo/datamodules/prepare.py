@@ -29,6 +29,7 @@ existing corpus at the output path as it was.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import multiprocessing
@@ -50,7 +51,10 @@ from speakerzoo.checks import check_number
 from speakerzoo.atomic import same_file_among
 from speakerzoo.audio import AudioError, condition, read_audio, silence_reason
 from speakerzoo.datamodules.corpus import (
-    Corpus, CorpusError, CorpusWriter, cacheable_features, single_torch_thread, to_pcm16)
+    SCHEMA_VERSION, Corpus, CorpusError, CorpusWriter, cacheable_features, single_torch_thread, to_pcm16)
+from speakerzoo.datamodules.shards import (
+    ShardProgress, empty_marker, finished_shard, job_digest, join_shards, read_empty_marker, shard_folder, shard_path,
+    write_empty_marker)
 from speakerzoo.datamodules.splits import MODES, PARTS, check_ratios
 from speakerzoo.datamodules.sources import Utterance
 from speakerzoo.features import FeatureConfig
@@ -97,6 +101,7 @@ class PrepareSummary:
     single_file_speakers: list[str] = field(default_factory=list)
     features: list[str] = field(default_factory=list)
     elapsed: float = 0.0
+    shards: int = 0
 
     @property
     def hours(self) -> float:
@@ -130,6 +135,8 @@ class PrepareSummary:
                 "(16-bit PCM would have clipped their peaks)")
         if self.features:
             row(f"  cached features  {', '.join(self.features)}")
+        if self.shards:
+            row(f"  shards           {self.shards} file(s) with audio in {shard_folder(self.output)}")
         for mode in self.splits:
             parts = self.splits[mode]
             trials = self.trials.get(mode, {})
@@ -169,6 +176,22 @@ def _worker_init() -> None:
     # The parent's SIGTERM handler (speakerzoo.cli) is inherited through fork: a worker ends quietly
     # when the pool is terminated instead of printing the parent's interruption as a traceback.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to send SIGTERM to this worker when its parent dies. A parent killed
+    with ``kill -9`` cannot terminate its pool, and a shard writer left running would hold that
+    shard's lock (and the CPU) after the user started the run again."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 @contextlib.contextmanager
@@ -237,6 +260,35 @@ def _decode(job: tuple[int, str, bool], sample_rate: int, normalize: bool, trim:
         return index, None, 0, 0, False, f"decoding failed ({type(err).__name__}: {err})"
 
 
+def _decode_many(fn, jobs: list) -> list:
+    return [fn(job) for job in jobs]
+
+
+def bounded_imap(pool, fn, items: Sequence, chunksize: int, window: int) -> Iterator:
+    """``fn(item)`` for every item, in order, computed in ``pool`` with at most ``window`` chunks of
+    ``chunksize`` items submitted and not yet consumed.
+
+    ``Pool.imap`` queues every task at once and keeps every result until it is consumed: a slow
+    consumer (the corpus writer on a slow disk) then holds the whole decoded corpus in memory.
+    Here the results wait in at most ``window`` chunks, whatever the number of items.
+    """
+    pending: collections.deque = collections.deque()
+    for start in range(0, len(items), chunksize):
+        pending.append(pool.apply_async(_decode_many, (fn, list(items[start:start + chunksize]))))
+        if len(pending) >= window:
+            yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
+
+
+def _pool(workers: int):
+    """A pool of ``workers`` processes that ignore Ctrl-C and die with this process."""
+    # fork is fast and needs no re-import; macOS and Windows spawn (fork is unsafe there).
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    with _interrupts_held():
+        return multiprocessing.get_context(method).Pool(workers, initializer=_worker_init)
+
+
 def _decoded(paths: list[str], speech: list[bool], workers: int, **kwargs) -> Iterator[tuple]:
     """Decode ``paths`` in order, in ``workers`` processes (0: in this process)."""
     fn = functools.partial(_decode, **kwargs)
@@ -246,15 +298,11 @@ def _decoded(paths: list[str], speech: list[bool], workers: int, **kwargs) -> It
             yield from map(fn, jobs)
         return
     workers = min(workers, len(jobs))
-    # fork is fast and needs no re-import; macOS and Windows spawn (fork is unsafe there).
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    ctx = multiprocessing.get_context(method)
     chunksize = max(1, min(32, len(jobs) // (workers * 16)))
     pool = None
     try:
-        with _interrupts_held():
-            pool = ctx.Pool(workers, initializer=_worker_init)
-        yield from pool.imap(fn, jobs, chunksize=chunksize)
+        pool = _pool(workers)
+        yield from bounded_imap(pool, fn, jobs, chunksize, window=4 * workers)
     finally:
         if pool is not None:
             pool.terminate()
@@ -299,7 +347,9 @@ def prepare(
     min_seconds: float = 0.1,
     progress: bool = True,
     settings: dict[str, Any] | None = None,
-) -> PrepareSummary:
+    shard_files: int | None = None,
+    part: tuple[int, int] | None = None,
+) -> PrepareSummary | ShardProgress:
     """Decode ``records`` into the corpus file ``output`` and return what was written.
 
     Arguments:
@@ -320,6 +370,13 @@ def prepare(
             are skipped as silent, whatever their length.
         progress: show progress bars.
         settings: extra entries for the corpus' ``settings`` attribute (e.g. ``{"sources": [...]}``).
+        shard_files: write the corpus as shards of this many input files (``OUT.h5.shards/``) and an
+            index ``output`` (:mod:`speakerzoo.datamodules.shards`): ``workers`` shards are written
+            at once, each decoding and caching features in its own process; a rerun keeps the
+            finished shards. ``None``: one file.
+        part: ``(K, M)``: write only the shards ``K, K + M, K + 2M, ...`` (one of M processes or
+            machines sharing the output folder); the index is written by the run that finds every
+            shard finished, and a run that does not returns a :class:`ShardProgress`.
 
     Raises:
         PrepareError: bad settings, ``strict`` and an unusable file, or no usable file at all.
@@ -356,53 +413,165 @@ def prepare(
         "files": len(records),
     }  # the writer adds split_seed and split_ratios; sample rate and version are file attributes
 
-    skipped: list[tuple[str, str]] = []
-    resampled: Counter[int] = Counter()
-    stereo = scaled = 0
-    paths = [str(r.path) for r in records]
+    if part is not None and shard_files is None:
+        raise PrepareError("part (one of several runs that share the shards) needs shard files (--shard-files N)")
+    decode = dict(sample_rate=sample_rate, normalize=bool(normalize), trim=bool(trim_silence),
+                  min_samples=max(1, int(round(min_seconds * sample_rate))))
+    if shard_files is not None:
+        return _prepare_shards(records, output, attrs, configs, decode, ratios, seed, max_trial_anchors, strict,
+                               workers, int(shard_files), part, progress, t0)
+    tally = _Tally()
     bar = tqdm(total=len(records), desc="decoding", unit="file", disable=not progress, dynamic_ncols=True)
-    results = _decoded(paths, [r.speaker is not None for r in records], workers, sample_rate=sample_rate,
-                       normalize=bool(normalize), trim=bool(trim_silence),
-                       min_samples=max(1, int(round(min_seconds * sample_rate))))
+    results = _decoded([str(r.path) for r in records], [r.speaker is not None for r in records], workers, **decode)
     try:
         with CorpusWriter(output, sample_rate, settings=attrs) as writer:
-            for index, pcm, rate, channels, was_scaled, reason in results:
-                rec = records[index]
+            for result in results:
                 bar.update(1)
-                if reason is not None:
-                    if strict:
-                        raise PrepareError(f"{rec.path}: {reason} (--strict stops at the first unusable file; "
-                                           f"{output} was not written)")
-                    skipped.append((str(rec.path), reason))
-                    bar.set_postfix(skipped=len(skipped), refresh=False)
-                    continue
-                if rate != sample_rate:
-                    resampled[rate] += 1
-                stereo += channels > 1
-                scaled += was_scaled
-                writer.add(pcm, speaker=rec.speaker, utt_id=rec.utt_id, path=str(rec.path),
-                           transcript=rec.transcript, session=rec.session)
+                if not tally.take(records[result[0]], result, writer, strict, output):
+                    bar.set_postfix(skipped=len(tally.skipped), refresh=False)
             results.close()  # ends the worker processes before the index and features are written
             bar.close()
             if len(writer) == 0:
-                first = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
-                raise PrepareError(f"all {len(records)} files were unusable, nothing written (e.g. {first})")
-            writer.settings.update({
-                "skipped": [list(s) for s in skipped[:_MAX_SKIPPED_IN_ATTRS]],
-                "skipped_count": len(skipped),
-                "resampled_from": {str(k): v for k, v in sorted(resampled.items())},
-                "stereo_mixed": stereo,
-                "scaled_to_full_scale": scaled,
-            })
+                raise tally.nothing_usable(len(records))
+            writer.settings.update(tally.settings(_MAX_SKIPPED_IN_ATTRS))
             writer.finish(features=configs, ratios=ratios, seed=seed, max_trial_anchors=max_trial_anchors,
                           progress=progress)
     finally:
         results.close()  # on an error too: stops the workers at once (the traceback would keep them alive)
         bar.close()
-    return _summarize(output, skipped, resampled, stereo, scaled, [c.key for c in configs], time.perf_counter() - t0)
+    return _summarize(output, tally, [c.key for c in configs], time.perf_counter() - t0)
 
 
-def _summarize(output: Path, skipped, resampled, stereo, scaled, features, elapsed) -> PrepareSummary:
+@dataclass
+class _Tally:
+    """What became of the files of one corpus or shard: the skipped ones with their reason, and
+    counts of resampled, mixed-down and scaled clips."""
+
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    resampled: Counter = field(default_factory=Counter)
+    stereo: int = 0
+    scaled: int = 0
+
+    def take(self, rec: Utterance, result: tuple, writer: CorpusWriter, strict: bool, output: Path) -> bool:
+        """Store one decoded file (a :func:`_decode` result) in ``writer``, or count it as skipped."""
+        _, pcm, rate, channels, was_scaled, reason = result
+        if reason is not None:
+            if strict:
+                raise PrepareError(f"{rec.path}: {reason} (--strict stops at the first unusable file; "
+                                   f"{output} was not written)")
+            self.skipped.append((str(rec.path), reason))
+            return False
+        if rate != writer.sample_rate:
+            self.resampled[rate] += 1
+        self.stereo += channels > 1
+        self.scaled += was_scaled
+        writer.add(pcm, speaker=rec.speaker, utt_id=rec.utt_id, path=str(rec.path), transcript=rec.transcript,
+                   session=rec.session)
+        return True
+
+    def nothing_usable(self, files: int) -> PrepareError:
+        first = "; ".join(f"{p}: {r}" for p, r in self.skipped[:3])
+        return PrepareError(f"all {files} files were unusable, nothing written (e.g. {first})")
+
+    def settings(self, most_listed: int | None) -> dict[str, Any]:
+        """The corpus settings that record it (``most_listed`` skipped files listed, all counted)."""
+        return {
+            "skipped": [list(s) for s in self.skipped[:most_listed]],
+            "skipped_count": len(self.skipped),
+            "resampled_from": {str(k): v for k, v in sorted(self.resampled.items())},
+            "stereo_mixed": self.stereo,
+            "scaled_to_full_scale": self.scaled,
+        }
+
+    def add_settings(self, settings: dict[str, Any]) -> None:
+        """Add what a shard's :meth:`settings` recorded (all its skipped files are listed there)."""
+        self.skipped.extend(tuple(s) for s in settings.get("skipped", []))
+        self.resampled.update({int(k): int(v) for k, v in settings.get("resampled_from", {}).items()})
+        self.stereo += int(settings.get("stereo_mixed", 0))
+        self.scaled += int(settings.get("scaled_to_full_scale", 0))
+
+
+# -- sharded preparation (speakerzoo.datamodules.shards) ----------------------------------
+
+
+def _write_shard(job: tuple, output: Path, configs: list[FeatureConfig], decode: dict, strict: bool) -> int:
+    """Decode and write shard ``job = (k, records, digest)`` of ``output``, in this process; returns ``k``."""
+    k, records, digest = job
+    tally = _Tally()
+    with single_torch_thread():
+        with CorpusWriter(shard_path(output, k), decode["sample_rate"],
+                          settings={"shard": {"index": k, "job": digest}}) as writer:
+            for i, rec in enumerate(records):
+                tally.take(rec, _decode((i, str(rec.path), rec.speaker is not None), **decode), writer, strict,
+                           output)
+            if len(writer) == 0:
+                writer.abort()
+                write_empty_marker(output, k, digest, tally.skipped)
+                return k
+            writer.settings.update(tally.settings(None))
+            writer.finish(features=configs, progress=False)
+    empty_marker(output, k).unlink(missing_ok=True)
+    return k
+
+
+def _prepare_shards(records: list[Utterance], output: Path, attrs: dict[str, Any], configs: list[FeatureConfig],
+                    decode: dict, ratios, seed: int, max_trial_anchors, strict: bool, workers: int, shard_files: int,
+                    part: tuple[int, int] | None, progress: bool, t0: float) -> PrepareSummary | ShardProgress:
+    """:func:`prepare` as shards of ``shard_files`` files, written ``workers`` at a time, then joined."""
+    if shard_files < 1:
+        raise PrepareError(f"shard files must be at least 1, not {shard_files}")
+    if part is not None and not (len(part) == 2 and part[1] >= 1 and 0 <= part[0] < part[1]):
+        raise PrepareError(f"part must be K/M with 0 <= K < M (this run writes every M-th shard from the K-th), "
+                           f"not {part}")
+    groups = [records[i:i + shard_files] for i in range(0, len(records), shard_files)]
+    # What makes a shard's content: a change of any of these redoes it (splits and trials are the index's).
+    content = {**{k: decode[k] for k in ("sample_rate", "normalize", "trim", "min_samples")},
+               "features": [c.to_json() for c in configs], "schema": SCHEMA_VERSION}
+    digests = [job_digest(content, g) for g in groups]
+    shard_folder(output).mkdir(parents=True, exist_ok=True)
+    finished = {k for k in range(len(groups)) if finished_shard(output, k, digests[k])}
+    mine = [k for k in range(len(groups)) if k not in finished and (part is None or k % part[1] == part[0])]
+    bar = tqdm(total=len(records), initial=sum(len(groups[k]) for k in finished), desc="shards", unit="file",
+               disable=not progress, dynamic_ncols=True)
+    write = functools.partial(_write_shard, output=output, configs=configs, decode=decode, strict=strict)
+    jobs = [(k, groups[k], digests[k]) for k in mine]
+    pool = None
+    try:
+        if workers <= 0 or len(jobs) <= 1:
+            done = map(write, jobs)
+        else:
+            pool = _pool(min(workers, len(jobs)))
+            done = pool.imap_unordered(write, jobs)  # tasks and results are small: the shards hold the audio
+        for k in done:
+            finished.add(k)
+            bar.update(len(groups[k]))
+    finally:
+        if pool is not None:
+            pool.terminate()
+        bar.close()
+    if len(finished) < len(groups):
+        return ShardProgress(output=output, total=len(groups), finished=len(finished), written=sorted(mine))
+    tally, shards = _Tally(), []
+    for k in range(len(groups)):
+        skipped = read_empty_marker(output, k)
+        if skipped is not None:
+            tally.skipped.extend(skipped)
+            continue
+        corpus = Corpus(shard_path(output, k))
+        corpus.close()
+        tally.add_settings(corpus.settings)
+        shards.append(shard_path(output, k))
+    if not shards:
+        raise tally.nothing_usable(len(records))
+    settings = {**attrs, **tally.settings(_MAX_SKIPPED_IN_ATTRS), "shard_files": shard_files, "shards": len(groups)}
+    try:
+        join_shards(output, shards, settings, ratios=ratios, seed=seed, max_trial_anchors=max_trial_anchors)
+    except CorpusError as err:
+        raise PrepareError(str(err)) from None
+    return _summarize(output, tally, [c.key for c in configs], time.perf_counter() - t0)
+
+
+def _summarize(output: Path, tally: _Tally, features, elapsed) -> PrepareSummary:
     corpus = Corpus(output)
     try:
         spk = corpus.speaker
@@ -426,10 +595,11 @@ def _summarize(output: Path, skipped, resampled, stereo, scaled, features, elaps
             utterances=int((spk >= 0).sum()),
             noise_clips=int((spk < 0).sum()),
             seconds=float(corpus.duration.astype(np.float64).sum()),
-            resampled_from=dict(sorted(resampled.items())),
-            stereo_mixed=int(stereo),
-            scaled_to_full_scale=int(scaled),
-            skipped=list(skipped),
+            resampled_from=dict(sorted(tally.resampled.items())),
+            stereo_mixed=int(tally.stereo),
+            scaled_to_full_scale=int(tally.scaled),
+            skipped=list(tally.skipped),
+            shards=len(corpus.shard_paths) if corpus.sharded else 0,
             splits=splits,
             split_speakers=split_speakers,
             trials=trials,

@@ -20,7 +20,8 @@ from speakerzoo.audio import load_audio
 from speakerzoo.commands import embed as embed_cmd
 from speakerzoo.commands import score as score_cmd
 from speakerzoo.embeddings import EmbeddingError, EmbeddingFile, EmbeddingWriter
-from speakerzoo.inference.engine import batch_invariant_kernels, embed_waveforms, length_batches
+from speakerzoo.inference.engine import (batch_invariant_kernels, bucket_batches, embed_waveforms, length_batches,
+                                         resolve_batching)
 from speakerzoo.inference import file_embedding
 from speakerzoo.inference.trials import ScoreError, parse_trials
 from speakerzoo.scoring import Scorer
@@ -246,6 +247,62 @@ def test_embed_waveforms_equals_one_at_a_time_although_batched(model):
     with torch.inference_mode():
         e = model.embed(padded, torch.tensor([5000, 16000]))
     assert not torch.allclose(e[0], reference[-1], atol=1e-4)
+
+
+def _with_statistics(model):
+    torch.manual_seed(0)
+    for module in model.modules():  # non-trivial statistics, so that a shift of the padding would show
+        if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+def _varied_speech(speech_commands_root, count=12):
+    """Real one-second clips cut to lengths from 0.45 to 1 s: no two alike, as in a real corpus."""
+    import soundfile
+
+    files = sorted(Path(speech_commands_root).glob("*/*_nohash_*.wav"))[::97][:count]
+    waves = []
+    for k, f in enumerate(files):
+        data, _ = soundfile.read(f, dtype="float32")
+        waves.append(torch.from_numpy(data[: 7200 + 731 * k]))
+    return waves
+
+
+@pytest.mark.parametrize("name", ["se_cnn_bigru", "deep_speaker", "resnet_mfcc"])
+def test_padded_buckets_give_the_embeddings_alone_for_exactly_masked_models(name, speech_commands_root):
+    from speakerzoo.zoo.deep_speaker import DeepSpeaker
+    from speakerzoo.zoo.resnet_mfcc import ResNetMFCC
+    from speakerzoo.zoo.se_cnn_bigru import SECNNBiGRU
+
+    model = _with_statistics({
+        "se_cnn_bigru": lambda: SECNNBiGRU(num_speakers=3, channels=[8, 16, 32], hidden=32, projection_dim=32,
+                                           embedding_dim=16),
+        "deep_speaker": lambda: DeepSpeaker(num_speakers=3, width=0.125, blocks=1, embedding_dim=32),
+        "resnet_mfcc": lambda: ResNetMFCC(num_speakers=3, image_size=64, hidden=32, backbone={
+            "embedding_size": 8, "hidden_sizes": [16, 16, 32, 32], "depths": [1, 1, 1, 1]}),
+    }[name]())
+    assert model.exact_padding and resolve_batching(model, "auto") == "padded"
+    waves = _varied_speech(speech_commands_root)
+    sizes = [len(w) for w in waves]
+    assert len(bucket_batches(sizes, 8)) < len(length_batches(sizes, 8)) == len(waves)  # batches, not singles
+    alone = one_at_a_time(model, waves)
+    padded = embed_waveforms(model, waves, batch_size=8, batching="auto")
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=0)
+
+
+def test_a_model_that_does_not_mask_padding_is_never_padded(model):
+    assert not model.exact_padding and resolve_batching(model, "auto") == "equal"  # ECAPA
+    g = torch.Generator().manual_seed(5)
+    waves = [0.1 * torch.randn(n, generator=g) for n in (16000, 15000, 14000, 9000)]
+    with pytest.raises(ValueError, match="ECAPA does not mask padding exactly.*'crop'"):
+        embed_waveforms(model, waves, batching="padded")
+    assert torch.equal(embed_waveforms(model, waves, batching="auto"), one_at_a_time(model, waves))
+    # crop: the buckets [16000, 15000, 14000] and [9000], each cut to its shortest about its centre
+    cropped = embed_waveforms(model, waves, batching="crop")
+    crops = [w[(len(w) - 14000) // 2:][:14000] for w in waves[:3]] + [waves[3]]
+    assert torch.equal(cropped, one_at_a_time(model, crops))
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,15 @@ Inputs (what ``INPUT`` is decides how it is read):
 
 Relative paths in lists and manifests are read from the list's folder.
 
-**Batching never changes an embedding.** Utterances are grouped by *exact* length (sorted by
-length, equal lengths batched together, every other utterance alone), so no batch is ever
-padded: speechbrain's ECAPA reflect-pads its convolutions at the end of the padded tensor,
-so padding would change the embedding of every shorter utterance in a batch. Even without
+**Batching does not change an embedding.** For models that mask padding exactly
+(``exact_padding``: SE-CNN-BiGRU, Deep Speaker, ResNet-MFCC; tested within 1e-5) utterances
+of similar lengths (within 1.25x) are batched padded (``--batching padded``, the ``auto``
+default for them): real corpora have almost no two utterances of equal length. Other models
+(ECAPA, CAM++, wav2vec2) are grouped by *exact* length (``--batching equal``: equal lengths
+batched together, every other utterance alone), so their batches are never padded:
+speechbrain's ECAPA reflect-pads its convolutions at the end of the padded tensor, so padding
+would change the embedding of every shorter utterance in a batch; ``--batching crop`` batches
+them anyway by cutting each bucket to its shortest utterance. Even without
 padding, CPU kernels are not batch-invariant: oneDNN and NNPACK convolutions, and a matrix
 product split across threads, round differently for one utterance than for several (measured:
 up to 5e-6 absolute on embeddings of magnitude 10). With ``exact=True`` (the default) on the
@@ -38,6 +43,7 @@ from pathlib import Path
 import torch
 
 from speakerzoo.commands.argtypes import positive_float, positive_int
+from speakerzoo.inference.engine import BATCHINGS
 from speakerzoo.commands.common import run_command, warn
 from speakerzoo.inference.file_embedding import embed_source
 
@@ -73,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=("speaker", "utterance"), help="corpus input: the split ...")
     parser.add_argument("--part", choices=("train", "val", "test"), help="... and the part of it to embed")
     parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
-                        help="most utterances of equal length per forward pass (default: 32)")
+                        help="most utterances per forward pass (default: 32)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     parser.add_argument("--max-seconds", type=positive_float, metavar="S",
                         help="centre-crop longer utterances to S seconds (default: whole utterances)")
@@ -82,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fast", action="store_true",
                         help="default kernels instead of batch-invariant ones: faster on some machines, but an "
                              "embedding may then differ in its last digits with its batch-mates")
+    parser.add_argument("--batching", choices=BATCHINGS, default="auto",
+                        help="how utterances of different lengths share a forward pass: 'equal' batches only "
+                             "equal lengths (bitwise what each gives alone); 'padded' pads buckets of similar "
+                             "lengths (within 1.25x), for models that mask padding exactly (SE-CNN-BiGRU, Deep "
+                             "Speaker, ResNet-MFCC: within 1e-5); 'crop' cuts each bucket to its shortest (any "
+                             "model; embeddings of the crops); 'auto' (default): padded where exact, else equal")
     parser.add_argument("--threads", type=positive_int, metavar="N",
                         help=f"CPU: batches embedded in parallel (default: {torch.get_num_threads()})")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar; print only the output path")
@@ -93,7 +105,7 @@ def run(args: argparse.Namespace) -> str:
     summary = embed_source(args.checkpoint, args.input, args.output, split=args.split, part=args.part,
                            speakers=not args.no_speakers, device=args.device, batch_size=args.batch_size,
                            max_seconds=args.max_seconds, exact=not args.fast, threads=args.threads,
-                           progress=not args.quiet)
+                           progress=not args.quiet, batching=args.batching)
     if not args.quiet:
         return str(summary)
     if summary.skipped:

@@ -1,9 +1,10 @@
 """The prepared-corpus HDF5 file: its writer and its reader.
 
-Layout (schema version 2; version 1 files, which kept ``speakers`` and ``settings`` as JSON
-attributes, are still read)::
+Layout (schema version 3; versions 1 and 2 are still read: 1 kept ``speakers`` and ``settings``
+as JSON attributes, 2 had checksum blocks of 65,536 samples and 4,096 frames)::
 
     /audio                    int16  [total_samples]  PCM at attrs["sample_rate"], utterances concatenated
+    /audio_crc32              uint32 [blocks]         CRC-32 of every chunk of /audio (AUDIO_BLOCK samples)
     /offsets                  int64  [N + 1]          utterance i is audio[offsets[i]:offsets[i + 1]]
     /speaker                  int32  [N]              index into /speakers; -1 = no speaker (noise)
     /speakers                 str [S]                 speaker names
@@ -17,8 +18,19 @@ attributes, are still read)::
                                                   fewer in a part too small for 99)
     /features/<key>/data      float32 [frames, dim]   cached frontend output (speakerzoo.features)
     /features/<key>/offsets   int64 [N + 1]
+    /features/<key>/crc32     uint32 [blocks]         CRC-32 of every chunk of data (FEATURE_BLOCK frames)
 
-    attrs: format, schema_version, sample_rate, created, speakerzoo_version, complete
+    attrs: format, schema_version, layout ("file"), sample_rate, created, speakerzoo_version, complete
+
+A *sharded* corpus (layout ``"shards"``, :mod:`speakerzoo.datamodules.shards`) is an index file
+with all of the above but ``/audio``, ``/features/<key>/data`` and their checksums, which live in
+shard files (each a complete corpus of its own), plus::
+
+    /shards/path              str [K]                 shard files, relative to the index's folder
+    /shards/first             int64 [K + 1]           shard k holds utterances first[k]:first[k + 1]
+    /shards/audio_digest      str [K]                 sha256 attribute of each shard's /audio_crc32
+
+``/offsets`` and feature offsets of the index count across shards as if the audio were one array.
 
 Speaker names and settings are datasets, not attributes: HDF5 1.x (h5py < 3.16) limits an
 attribute to 64 KiB, which the names of VoxCeleb2's 6,112 speakers exceed as one JSON string.

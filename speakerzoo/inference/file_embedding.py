@@ -26,7 +26,7 @@ from speakerzoo.atomic import same_file_among
 from speakerzoo.audio import AudioError, load_audio
 from speakerzoo.datamodules.corpus import Corpus
 from speakerzoo.embeddings import EmbeddingError, EmbeddingWriter
-from speakerzoo.inference.engine import embed_waveforms, min_samples
+from speakerzoo.inference.engine import embed_waveforms, min_samples, resolve_batching
 from speakerzoo.inference.inputs import Item, find_inputs
 from speakerzoo.inference.loading import device_from_name, load_model, model_class_path
 from speakerzoo.zoo.registry import sha256_of
@@ -135,12 +135,19 @@ def embed_items(
     threads: int | None = None,
     progress: bool = True,
     window_samples: int | None = None,
+    batching: str = "auto",
 ) -> ItemsEmbedded:
     """Embed ``items`` (files, or utterances of ``corpus``) into ``sink``, rows in the order of ``items``.
 
     Utterances that cannot be used are skipped and returned with the reason; ``max_seconds``
-    centre-crops longer ones (as the evaluation loader does).
+    centre-crops longer ones (as the evaluation loader does). ``batching``: how utterances of
+    different lengths share a forward pass (:func:`~speakerzoo.inference.engine.embed_waveforms`;
+    ``"auto"`` pads buckets of similar lengths for models that mask padding exactly).
     """
+    try:
+        resolve_batching(model, batching)  # a bad choice fails before any audio is read
+    except ValueError as err:
+        raise EmbeddingError(str(err)) from None
     window_samples = WINDOW_SAMPLES if window_samples is None else int(window_samples)
     sample_rate = int(model.sample_rate)
     if corpus is not None and corpus.sample_rate != sample_rate:
@@ -160,7 +167,7 @@ def embed_items(
             nonlocal pending, pending_samples, rows
             if pending:
                 emb = embed_waveforms(model, [w for _, w in pending], batch_size=batch_size, exact=exact,
-                                      threads=threads, progress=bar.update)
+                                      threads=threads, progress=bar.update, batching=batching)
                 sink.add(emb, [it.utt_id for it, _ in pending], [it.speaker for it, _ in pending],
                          [it.path for it, _ in pending])
                 rows += len(pending)
@@ -204,7 +211,7 @@ def embed_to_file(
     under a temporary name and renamed when complete; ``skipped`` adds files the caller already
     rejected to the file's list, ``attrs`` to its attributes. ``options`` are :func:`embed_items`'s
     (``corpus``, ``batch_size``, ``max_seconds``, ``exact``, ``threads``, ``progress``,
-    ``window_samples``). Raises :class:`~speakerzoo.embeddings.EmbeddingError` (nothing written)
+    ``window_samples``, ``batching``). Raises :class:`~speakerzoo.embeddings.EmbeddingError` (nothing written)
     when no utterance could be embedded."""
     max_seconds, exact = options.get("max_seconds"), options.get("exact", True)
     t0 = time.perf_counter()
@@ -222,6 +229,7 @@ def embed_to_file(
             "model_class": model_class_path(model),
             "max_seconds": -1.0 if max_seconds is None else float(max_seconds),
             "exact": bool(exact),
+            "batching": resolve_batching(model, options.get("batching", "auto")),
             "device": torch.device(getattr(model, "device", "cpu")).type,
             "skipped": [list(s) for s in skipped[:_MAX_SKIPPED_IN_ATTRS]],
             "skipped_count": len(skipped),
@@ -245,7 +253,7 @@ def embed_source(
     (file or registered name) into the embeddings file ``output``.
 
     ``options`` are those of :func:`embed_to_file` (``batch_size``, ``max_seconds``, ``exact``,
-    ``threads``, ``progress``). The file records the checkpoint, its sha256 and the registered
+    ``threads``, ``progress``, ``batching``). The file records the checkpoint, its sha256 and the registered
     name it was given by, if any. Refuses an ``output`` that is one of the inputs.
     """
     device = device_from_name(device)  # a missing CUDA is said before any file is read

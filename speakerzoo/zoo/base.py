@@ -129,6 +129,11 @@ class SpeakerEmbeddingModule(TrialEvaluation, L.LightningModule):
     embedding_dim: int
     #: Set by subclasses: classification head ``(embeddings, speakers) -> (loss, logits)``, or None.
     head: nn.Module | None
+    #: True where zero padding in a batch changes no embedding in eval mode (within 1e-5, tested for
+    #: the class): ``speakerzoo embed`` may then batch utterances of similar lengths, padded
+    #: (:func:`speakerzoo.inference.engine.bucket_batches`). False (the default) batches only equal
+    #: lengths: speechbrain's ECAPA, for one, reflect-pads its convolutions at the end of a padded batch.
+    exact_padding: bool = False
 
     def __init__(
         self,

@@ -225,6 +225,8 @@ class DeepSpeaker(SpeakerEmbeddingModule):
         (torch.Size([2, 512]), True)
     """
 
+    exact_padding = True  # padded frames are masked in every layer and in the pooling (tested)
+
     def __init__(
         self,
         frontend: str | dict = "fbank64",

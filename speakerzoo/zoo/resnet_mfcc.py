@@ -65,6 +65,8 @@ class ResNetMFCC(SpeakerEmbeddingModule):
             constant).
     """
 
+    exact_padding = True  # the image is drawn from the valid frames only (tested)
+
     def __init__(
         self,
         frontend: str | dict = "mfcc13",

@@ -215,6 +215,8 @@ class SECNNBiGRU(SpeakerEmbeddingModule):
         (torch.Size([2, 8]), True)
     """
 
+    exact_padding = True  # padded frames are masked in every layer and in the pooling (tested)
+
     def __init__(
         self,
         frontend: str | dict = "logmel64",

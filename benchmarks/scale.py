@@ -15,7 +15,7 @@ For each size N (about 183 utterances per speaker, as in VoxCeleb2; clips of 0.1
 5. **validation** - ``Trainer.validate`` of a tiny SE-CNN-BiGRU (embeds the val utterances the
    trials use, scores the trials);
 6. **embed** - ``embed_to_file`` of the speaker split's test part with that model
-   (``batching="auto"``: padded buckets);
+   (``batching="auto"``: equal lengths on a CPU; the clip lengths repeat, so batches are full);
 7. **AS-norm score** - ``score_embeddings`` of the test trials with AS-norm (top 200) against a
    cohort of 30 k train utterances, from an embeddings file of all N utterances.
 

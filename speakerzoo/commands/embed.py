@@ -14,8 +14,10 @@ Relative paths in lists and manifests are read from the list's folder.
 
 **Batching does not change an embedding.** For models that mask padding exactly
 (``exact_padding``: SE-CNN-BiGRU, Deep Speaker, ResNet-MFCC; tested within 1e-5) utterances
-of similar lengths (within 1.25x) are batched padded (``--batching padded``, the ``auto``
-default for them): real corpora have almost no two utterances of equal length. Other models
+of similar lengths (within 1.25x) can be batched padded (``--batching padded``, the ``auto``
+default for them on a GPU, which batch size 1 leaves idle): real corpora have almost no two
+utterances of equal length. On a CPU ``auto`` keeps equal lengths: padded buckets measured
+0.6-0.9x its speed there (``benchmarks/embed_batching.py``). Other models
 (ECAPA, CAM++, wav2vec2) are grouped by *exact* length (``--batching equal``: equal lengths
 batched together, every other utterance alone), so their batches are never padded:
 speechbrain's ECAPA reflect-pads its convolutions at the end of the padded tensor, so padding
@@ -93,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "equal lengths (bitwise what each gives alone); 'padded' pads buckets of similar "
                              "lengths (within 1.25x), for models that mask padding exactly (SE-CNN-BiGRU, Deep "
                              "Speaker, ResNet-MFCC: within 1e-5); 'crop' cuts each bucket to its shortest (any "
-                             "model; embeddings of the crops); 'auto' (default): padded where exact, else equal")
+                             "model; embeddings of the crops); 'auto' (default): padded where exact on a GPU, else equal")
     parser.add_argument("--threads", type=positive_int, metavar="N",
                         help=f"CPU: batches embedded in parallel (default: {torch.get_num_threads()})")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar; print only the output path")

@@ -165,7 +165,11 @@ def resolve_batching(model: torch.nn.Module, batching: str) -> str:
         raise ValueError(f"batching must be one of {', '.join(BATCHINGS)}, not {batching!r}")
     exact_padding = bool(getattr(model, "exact_padding", False))
     if batching == "auto":
-        return "padded" if exact_padding else "equal"
+        # Measured on 2 CPU cores (benchmarks/embed_batching.py, 4-20 s utterances): padded buckets
+        # ran at 0.6-0.9x the speed of one utterance per pass, since a CPU kernel's cost is per
+        # sample and padding adds samples; a GPU is idle at batch size 1. So pad on GPUs only.
+        on_gpu = torch.device(getattr(model, "device", "cpu")).type == "cuda"
+        return "padded" if exact_padding and on_gpu else "equal"
     if batching == "padded" and not exact_padding:
         raise ValueError(f"{type(model).__name__} does not mask padding exactly (its embeddings of padded "
                          "utterances differ from their embeddings alone): use batching 'equal' (exact) or "
@@ -226,7 +230,8 @@ def embed_waveforms(
               padding changes no embedding (tested within 1e-5), else a ``ValueError``.
             * ``"crop"``: the same buckets, every waveform centre-cropped to its bucket's shortest
               (at most 20 % of it is dropped): any model, but the embeddings are of the crops.
-            * ``"auto"``: ``"padded"`` for a model with ``exact_padding``, else ``"equal"``.
+            * ``"auto"``: ``"padded"`` for a model with ``exact_padding`` on a GPU, else ``"equal"``
+              (on a CPU, padded buckets were slower: the cost of a kernel there is per sample).
 
     Returns:
         ``[len(waves), D]`` float32 embeddings on the CPU, in the order of ``waves``; with

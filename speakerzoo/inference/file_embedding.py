@@ -142,7 +142,7 @@ def embed_items(
     Utterances that cannot be used are skipped and returned with the reason; ``max_seconds``
     centre-crops longer ones (as the evaluation loader does). ``batching``: how utterances of
     different lengths share a forward pass (:func:`~speakerzoo.inference.engine.embed_waveforms`;
-    ``"auto"`` pads buckets of similar lengths for models that mask padding exactly).
+    ``"auto"`` pads buckets of similar lengths for models that mask padding exactly, on a GPU).
     """
     try:
         resolve_batching(model, batching)  # a bad choice fails before any audio is read

@@ -430,7 +430,7 @@ def open_set_identification(scores: Tensor, truth: Tensor, far: float | None = 0
 # --------------------------------------------------------------------------- score normalisation
 
 
-def cohort_stats(emb: Tensor, cohort: Tensor, top_k: int = 200, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+def cohort_stats(emb: Tensor, cohort: Tensor, top_k: int = 200, chunk: int = 1024) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation of each embedding's ``top_k`` highest cosine scores against a cohort.
 
     The statistics of adaptive score normalisation (AS-norm; Matějka et al., Interspeech 2017;
@@ -442,7 +442,7 @@ def cohort_stats(emb: Tensor, cohort: Tensor, top_k: int = 200, chunk: int = 409
         emb: ``[N, D]`` embeddings (enrolment or test side).
         cohort: ``[C, D]`` cohort embeddings, ``C >= 2``.
         top_k: cohort scores kept per embedding (all ``C`` when ``top_k >= C``); at least 2.
-        chunk: rows of ``emb`` scored at a time (bounds memory at ``chunk x C``).
+        chunk: rows of ``emb`` scored at a time (bounds memory at ``chunk x C``: 123 MB for a 30 k cohort).
 
     Returns:
         ``(mean [N], std [N])`` in the dtype of the inputs.

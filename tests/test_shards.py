@@ -138,6 +138,17 @@ def test_changed_inputs_or_settings_redo_only_what_they_change(records, tmp_path
     after = _state(shard_folder(out))
     assert [name for name in before if after[name] != before[name]] == ["00001.h5"]
     assert Corpus(out).texts("transcript")[60] == "changed" and Corpus(out).settings["split_seed"] == 3
+    copy = tmp_path / "copy.wav"
+    shutil.copy(changed[120].path, copy)
+    changed[120] = dataclasses.replace(changed[120], path=copy)
+    prepare(changed, out, sample_rate=8000, workers=0, shard_files=50, progress=False, seed=3)
+    after = _state(shard_folder(out))
+    shutil.copy(changed[121].path, copy)  # another recording under the same name: its shard is made again
+    prepare(changed, out, sample_rate=8000, workers=0, shard_files=50, progress=False, seed=3)
+    replaced = _state(shard_folder(out))
+    assert [name for name in after if replaced[name] != after[name]] == ["00002.h5"]
+    assert np.array_equal(Corpus(out).pcm(120), Corpus(out).pcm(121))
+    after = replaced
     prepare(changed, out, sample_rate=16000, workers=0, shard_files=50, progress=False)  # new content
     assert all(_state(shard_folder(out))[n] != after[n] for n in after) and Corpus(out).sample_rate == 16000
 

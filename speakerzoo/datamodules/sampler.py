@@ -10,10 +10,13 @@ epoch's batches divided between ranks); the construction is our own:
    every entry still gets its own crop seed, so repeated utterances give different crops.
    Speakers with fewer than ``min_utterances`` utterances are left out, with a warning that
    says how many;
-2. the groups are packed into batches of P groups of P *different* speakers: each batch
-   takes the P speakers with the most groups left (ties broken at random), which is the
-   packing that leaves the fewest groups unused. The number of batches therefore depends
-   only on the utterance counts, never on the shuffle, so ``len()`` is exact;
+2. the groups are packed into batches of P groups of P *different* speakers, as many batches B
+   as can be (the largest B with ``sum(min(groups, B)) >= P B``): each speaker offers at most B
+   of its groups, the speakers are laid out one after another in a random order, the first
+   P B groups of that sequence are dealt round-robin to the B batches (McNaughton's
+   wrap-around rule: a run of at most B consecutive groups lands in B different batches), and
+   each batch's order is shuffled. This is linear in the number of groups; the number of
+   batches depends only on the utterance counts, never on the shuffle, so ``len()`` is exact;
 3. the batches are shuffled, a crop length is drawn per batch (one length for the whole
    batch, in ``[min, max]``) and a crop seed per entry, and rank ``r`` of ``R`` takes batches
    ``r, r + R, r + 2R, ...``: ranks get the same number of batches and never share one.
@@ -161,16 +164,19 @@ class SpeakerBatchSampler(Sampler[list[Entry]]):
                 order = np.concatenate([order, rng.choice(members, self.K - len(order))])
             n = len(order) // self.K
             groups.append(order[: n * self.K].reshape(n, self.K))
+        batches, slots = self._pass_batches, self.P * self._pass_batches
         first_group = np.concatenate([[0], np.cumsum(self._groups)[:-1]])
-        left = self._groups.copy()
-        rows = np.empty((self._pass_batches, self.P), np.int64)
-        for b in range(self._pass_batches):
-            # The P speakers with the most groups left; the random fraction breaks ties.
-            pick = np.argpartition(-(left + rng.random(len(left))), self.P - 1)[: self.P]
-            pick = rng.permutation(pick)
-            rows[b] = first_group[pick] + self._groups[pick] - left[pick]  # each speaker's next group
-            left[pick] -= 1
-        assert (left >= 0).all()
+        # Wrap-around packing (module docstring, step 2). It replaced a greedy that took the P
+        # speakers with the most groups left for every batch: O(batches x speakers), 0.78 s per
+        # epoch at 1 M utterances against 0.04 s at 100 k.
+        speakers = rng.permutation(self.num_speakers)
+        offered = np.minimum(self._groups, batches)[speakers]
+        runs = np.cumsum(offered) - offered  # where each speaker's run starts in the sequence
+        sequence = np.repeat(speakers, offered)[:slots]
+        nth = np.arange(len(sequence)) - np.repeat(runs, offered)[:slots]  # the speaker's n-th group
+        assert len(sequence) == slots  # _max_batches guarantees enough groups
+        rows = (first_group[sequence] + nth).reshape(self.P, batches).T  # position k -> batch k mod B
+        rows = rng.permuted(rows, axis=1)
         items = np.concatenate(groups)[rows].reshape(self._pass_batches, self.P * self.K)
         lo, hi = self.crop_samples
         order = rng.permutation(len(items))

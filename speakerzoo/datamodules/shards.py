@@ -54,12 +54,22 @@ def empty_marker(output: Path, k: int) -> Path:
     return shard_folder(output) / f"{k:05d}.empty.json"
 
 
+def _file_state(path) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def job_digest(settings: dict[str, Any], records: Sequence) -> str:
     """sha256 of what a shard is made from: the preparation settings that change its content and
-    every input file's path, speaker, utt_id, transcript and session, in order."""
+    every input file's path, size, modification time, speaker, utt_id, transcript and session, in
+    order (a file replaced by another recording redoes its shard)."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for r in records:
-        digest.update(json.dumps([str(r.path), r.speaker, r.utt_id, r.transcript, r.session]).encode() + b"\0")
+        row = [str(r.path), _file_state(r.path), r.speaker, r.utt_id, r.transcript, r.session]
+        digest.update(json.dumps(row).encode() + b"\0")
     return digest.hexdigest()
 
 

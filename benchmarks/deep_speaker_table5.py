@@ -14,6 +14,7 @@ and then, from the embeddings of the two "softmax + triplet" models:
 
     python benchmarks/deep_speaker_table5.py --root runs/table5             # trains 6 systems, then tests
     python benchmarks/deep_speaker_table5.py --root runs/table5 --test-only # tests what is there
+    python benchmarks/deep_speaker_table5.py --root runs/table5 --archs rescnn --negatives semi-hard
 
 Runs already trained (their ``last.ckpt`` exists) are not trained again. Use a quiet machine and
 ``OMP_NUM_THREADS`` equal to the free cores; ``--parallel 2`` trains two systems at a time with one
@@ -36,12 +37,19 @@ ARCHS = ("rescnn", "gru")
 SYSTEMS = ("softmax", "triplet_only", "triplet")  # "triplet" = softmax pre-training + triplet
 
 
+def version(system: str, negatives: str) -> str:
+    """The run folder of a system: triplet systems mined otherwise than the seed's hardest
+    negative get their own (``triplet-semi-hard``); the softmax stage is shared."""
+    return system if system == "softmax" or negatives == "hardest" else f"{system}-{negatives}"
+
+
 def config_args(arch: str, system: str, root: Path, args: argparse.Namespace) -> list[str]:
     cfg = ["-c", str(REPO / f"configs/deep_speaker_{arch}.yaml")]
     if system != "softmax":
-        cfg += ["-c", str(REPO / "configs/deep_speaker_triplet.yaml")]
+        cfg += ["-c", str(REPO / "configs/deep_speaker_triplet.yaml"), f"--model.init_args.negatives={args.negatives}"]
     cfg += [f"--model.init_args.width={args.width}", f"--data.init_args.corpus={args.corpus}",
-            f"--trainer.logger.init_args.save_dir={root}", f"--trainer.logger.init_args.version={system}"]
+            f"--trainer.logger.init_args.save_dir={root}",
+            f"--trainer.logger.init_args.version={version(system, args.negatives)}"]
     if system == "triplet":
         cfg.append(f"--model.init_args.init_from={last(root, arch, 'softmax')}")
     cfg += [f"--{k}" for k in args.extra]
@@ -63,7 +71,8 @@ def best(root: Path, arch: str, system: str) -> Path:
 
 
 def train(arch: str, system: str, root: Path, args: argparse.Namespace, threads: int) -> None:
-    fit_once(config_args(arch, system, root, args), run_dir(root, arch, system), root / f"{arch}_{system}.log", threads)
+    name = version(system, args.negatives)
+    fit_once(config_args(arch, system, root, args), run_dir(root, arch, name), root / f"{arch}_{name}.log", threads)
 
 
 def test(checkpoint: Path, corpus: Path) -> dict[str, float]:
@@ -87,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="more CLI overrides for every run, without the leading --, e.g. model.init_args.momentum=0.9")
     parser.add_argument("--triplet-extra", nargs="*", default=[], metavar="KEY=VALUE",
                         help="more overrides for the triplet runs only, e.g. model.init_args.lr=0.005")
+    parser.add_argument("--negatives", choices=("hardest", "semi-hard", "batch-hard-soft"), default="hardest",
+                        help="what the triplet stages mine (default: hardest, the seed's); other choices train "
+                             "into their own run folders and reuse the softmax stage")
+    parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
     args = parser.parse_args(argv)
     root = args.root.resolve()
 
@@ -98,20 +111,22 @@ def main(argv: list[str] | None = None) -> int:
             train(arch, "triplet", root, args, threads)
 
         with ThreadPoolExecutor(args.parallel) as pool:
-            jobs = [pool.submit(chain, a) for a in ARCHS]
-            jobs += [pool.submit(train, a, "triplet_only", root, args, threads) for a in ARCHS]
+            jobs = [pool.submit(chain, a) for a in args.archs]
+            jobs += [pool.submit(train, a, "triplet_only", root, args, threads) for a in args.archs]
             for job in jobs:
                 job.result()
 
     rows = []
-    for arch in ARCHS:
+    for arch in args.archs:
         for system in SYSTEMS:
-            result = test(best(root, arch, system), args.corpus)
+            result = test(best(root, arch, version(system, args.negatives)), args.corpus)
             rows.append((arch, system, result["test/eer"], result["test/ident_acc"]))
     names = {"softmax": "softmax", "triplet_only": "triplet", "triplet": "softmax (pre-train) + triplet"}
-    print("| system | test EER | ACC (1 of 100) |\n|---|---:|---:|")
+    print(f"negatives: {args.negatives}\n\n| system | test EER | ACC (1 of 100) |\n|---|---:|---:|")
     for arch, system, e, acc in rows:
         print(f"| {'ResCNN' if arch == 'rescnn' else 'GRU'}, {names[system]} | {100 * e:.2f} % | {100 * acc:.1f} % |")
+    if set(args.archs) != set(ARCHS):
+        return 0  # the fusion and enrolment tables need both architectures
 
     # Tables 6 and 8 from the embeddings of the two softmax + triplet systems.
     emb = {}
@@ -119,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         emb[arch] = root / f"{arch}_test_embeddings.h5"
         if not emb[arch].is_file():
             subprocess.run([sys.executable, "-m", "speakerzoo.cli", "embed", str(args.corpus), "--split", "speaker", "--checkpoint",
-                            str(best(root, arch, "triplet")), "--part", "test", "--output", str(emb[arch]), "--quiet"],
+                            str(best(root, arch, version("triplet", args.negatives))), "--part", "test", "--output", str(emb[arch]), "--quiet"],
                            check=True, cwd=REPO)
     corpus = ["--corpus", str(args.corpus)]
     print("\n| system | EER (pairs) | ACC (1 of 100) |\n|---|---:|---:|")

@@ -17,7 +17,7 @@ from cli_run import QUIET, REPO, cli
 from speech_clips import trimmed_clips
 from speakerzoo.zoo import DeepSpeaker, SpeakerEmbeddingModule
 from speakerzoo.zoo.deep_speaker import ResBlock, clipped_relu
-from speakerzoo.zoo.triplet import CosineTripletLoss, gather_global_batch, mine_hardest
+from speakerzoo.zoo.triplet import CosineTripletLoss, gather_global_batch, mine_batch_hard, mine_hardest, mine_semi_hard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -137,6 +137,52 @@ def test_miner_picks_the_hardest_violating_negative_as_brute_force_does():
         assert float(stats.prob_hard) == pytest.approx(sum(n is not None for n in local_neg) / len(local_neg))
 
 
+def _mining_case():
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 3, 3])
+    centres = torch.randn(7, 6, generator=gen)
+    emb = F.normalize(centres[labels] + 0.7 * torch.randn(10, 6, generator=gen), dim=-1)
+    others = F.normalize(torch.randn(7, 6, generator=gen), dim=-1)
+    candidates = torch.cat([others[:4], emb, others[4:]])
+    cand_labels = torch.cat([torch.tensor([4, 0, 5, 1]), labels, torch.tensor([6, 6, 2])])
+    return emb, labels, candidates, cand_labels
+
+
+def test_semi_hard_miner_picks_faceNets_negative_as_brute_force_does():
+    emb, labels, candidates, cand_labels = _mining_case()
+    t = mine_semi_hard(emb, labels, candidates, cand_labels, offset=4)
+    expected, fallbacks = [], 0
+    for a in range(len(emb)):
+        for p in range(len(emb)):
+            if a == p or labels[a] != labels[p]:
+                continue
+            s_ap = float(emb[a] @ emb[p])
+            scores = [(float(emb[a] @ candidates[n]), n) for n in range(len(candidates)) if cand_labels[n] != labels[a]]
+            semi = [x for x in scores if x[0] < s_ap]
+            expected.append(max(semi)[1] if semi else min(scores)[1])
+            fallbacks += not semi
+    assert t.negative.tolist() == expected and len(expected) == 16
+    assert (t.s_an < t.s_ap).sum() == 16 - fallbacks  # every found negative is less similar than the positive
+    hardest = mine_hardest(emb, labels, candidates, cand_labels, offset=4)
+    assert (t.s_an <= hardest.s_an).all() and (t.s_an < hardest.s_an).any()
+
+
+def test_batch_hard_soft_margin_takes_one_triplet_per_anchor_as_brute_force_does():
+    emb, labels, candidates, cand_labels = _mining_case()
+    t = mine_batch_hard(emb, labels, candidates, cand_labels, offset=4)
+    assert t.anchor.tolist() == list(range(10))
+    for a in range(10):
+        positives = [(float(emb[a] @ emb[p]), p) for p in range(10) if p != a and labels[p] == labels[a]]
+        negatives = [(float(emb[a] @ candidates[n]), n) for n in range(len(candidates)) if cand_labels[n] != labels[a]]
+        assert int(t.positive[a]) == min(positives)[1] and int(t.negative[a]) == max(negatives)[1]
+    stats = CosineTripletLoss(margin=0.1, scope="local", negatives="batch-hard-soft")(emb, labels)
+    local = mine_batch_hard(emb, labels, emb, labels)
+    assert torch.isclose(stats.loss, F.softplus(local.s_an - local.s_ap).mean(), atol=1e-6) and stats.triplets == 10
+    assert float(stats.prob_hard) == pytest.approx(float((local.s_an - local.s_ap + 0.1 > 0).float().mean()))
+    with pytest.raises(ValueError, match="negatives must be one of hardest, semi-hard, batch-hard-soft"):
+        CosineTripletLoss(negatives="random")
+
+
 def test_triplet_gradient_reaches_anchor_positive_and_local_negative():
     emb = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.5, 0.5]]), dim=-1).requires_grad_()
     labels = torch.tensor([0, 0, 1, 1])
@@ -168,12 +214,16 @@ def _two_rank_worker(rank: int, port: int, out: str) -> None:
         global_stats = CosineTripletLoss(margin=0.1, scope="global")(emb, labels)
         local_stats = CosineTripletLoss(margin=0.1, scope="local")(emb, labels)
         t = mine_hardest(emb, labels, batch.embeddings.detach(), batch.labels, batch.offset)
+        semi = CosineTripletLoss(margin=0.1, scope="global", negatives="semi-hard")(emb, labels)
+        soft = CosineTripletLoss(margin=0.1, scope="global", negatives="batch-hard-soft")(emb, labels)
+        soft_negatives = mine_batch_hard(emb, labels, batch.embeddings.detach(), batch.labels, batch.offset).negative
         global_stats.loss.backward()
         torch.save({"offset": batch.offset, "labels": batch.labels, "negative": t.negative, "anchor": t.anchor,
                     "global_loss": global_stats.loss.detach(), "local_loss": local_stats.loss.detach(),
                     "global_hard": global_stats.prob_hard, "local_hard": local_stats.prob_hard,
                     "grad": emb.grad, "gathered": batch.embeddings.detach(),
-                    "own_rows_keep_grad": batch.embeddings.requires_grad}, f"{out}/rank{rank}.pt")
+                    "own_rows_keep_grad": batch.embeddings.requires_grad, "semi_triplets": semi.triplets,
+                    "soft_triplets": soft.triplets, "soft_negatives": soft_negatives}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -193,6 +243,9 @@ def test_two_cpu_ranks_find_a_negative_that_only_the_other_rank_holds(tmp_path):
     assert float(r0["global_hard"]) == 0.5 and float(r0["global_loss"]) > 0
     # the gathered batch carries this rank's rows with their gradient
     assert r0["own_rows_keep_grad"] and r0["grad"].abs().sum() > 0 and r1["grad"].abs().sum() > 0
+    # the other miners gather across ranks too: batch-hard finds anchor 0's negative on rank 1
+    assert r0["semi_triplets"] == 4 and r1["semi_triplets"] == 8 and r0["soft_triplets"] == 4
+    assert int(r0["soft_negatives"][0]) == 6
 
 
 # ----------------------------------------------------------------------------- optimiser and stages

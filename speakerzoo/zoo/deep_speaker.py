@@ -205,6 +205,8 @@ class DeepSpeaker(SpeakerEmbeddingModule):
         loss: ``softmax`` (pre-training, §3.4) or ``triplet`` (§3.3).
         margin: the triplet margin ``alpha`` (seed: 0.1).
         mining: ``global`` (negatives from the batches of all DDP ranks, the seed) or ``local``.
+        negatives: which negatives the triplet stage mines: ``hardest`` (the seed), ``semi-hard``
+            or ``batch-hard-soft`` (see :class:`~speakerzoo.zoo.triplet.CosineTripletLoss`).
         lr, final_lr: the learning rate falls linearly from ``lr`` to ``final_lr`` over training
             (seed: 0.05 -> 0.005), per step.
         momentum: SGD momentum (seed: 0.99).
@@ -238,6 +240,7 @@ class DeepSpeaker(SpeakerEmbeddingModule):
         loss: str = "softmax",
         margin: float = 0.1,
         mining: str = "global",
+        negatives: str = "hardest",
         lr: float = 0.05,
         final_lr: float = 0.005,
         momentum: float = 0.99,
@@ -256,7 +259,7 @@ class DeepSpeaker(SpeakerEmbeddingModule):
         self.encoder = DeepSpeakerEncoder(architecture, self.frontend.dim, width, blocks, gru_layers,
                                           self.embedding_dim)
         self.head = SoftmaxHead(self.embedding_dim, self.num_speakers, bias=False) if self.num_speakers else None
-        self.triplet_loss = CosineTripletLoss(margin=margin, scope=mining)
+        self.triplet_loss = CosineTripletLoss(margin=margin, scope=mining, negatives=negatives)
         if loss == "triplet" and self.head is not None:
             # Unused by the triplet loss: frozen, so that DDP does not wait for its gradients.
             self.head.requires_grad_(False)

@@ -57,6 +57,33 @@ def _take_lock(path: Path):
     return handle
 
 
+def remove_stale_lock(path: Path) -> bool:
+    """Remove the lock file of ``path`` when no process holds it: a writer killed between the
+    rename of its finished file and the removal of its lock leaves one behind (harmless, as the
+    kernel released the lock, but clutter). Returns whether one was removed."""
+    lock_path = path.with_name(f".{path.name}.lock")
+    if fcntl is None or not lock_path.exists():
+        return False
+    try:
+        handle = open(lock_path, "a+")
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a live writer holds it
+        handle.close()
+        return False
+    try:
+        if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+            lock_path.unlink()
+            return True
+        return False
+    except FileNotFoundError:
+        return False
+    finally:
+        handle.close()
+
+
 def text_digest(values) -> str:
     """sha256 of a list of strings (each ended by a NUL): the checksum of a string dataset, which
     HDF5's chunk checksums cannot cover."""

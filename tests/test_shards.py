@@ -122,9 +122,12 @@ def test_parts_written_by_separate_runs_join_into_the_corpus(records, single, tm
                     progress=False)
     assert isinstance(first, ShardProgress) and first.written == [0, 2, 4] and first.finished == 3
     assert not out.exists() and "without --part" in str(first)
+    stale = shard_folder(out) / ".00002.h5.lock"  # what a writer killed between its rename and its unlock leaves
+    stale.write_text("999999")
     second = prepare(records, out, sample_rate=8000, features=["mfcc26"], workers=2, shard_files=25, part=(1, 2),
                      progress=False)
     assert second.shards == 6  # the run that finished the last shard joined them
+    assert not stale.exists()  # no process held it: removed
     _same_corpus(single, out)
 
 

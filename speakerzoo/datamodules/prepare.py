@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from speakerzoo.checks import check_number
 from speakerzoo.atomic import same_file_among
+from speakerzoo.h5file import remove_stale_lock
 from speakerzoo.audio import AudioError, condition, read_audio, silence_reason
 from speakerzoo.datamodules.corpus import (
     SCHEMA_VERSION, Corpus, CorpusError, CorpusWriter, cacheable_features, single_torch_thread, to_pcm16)
@@ -553,6 +554,7 @@ def _prepare_shards(records: list[Utterance], output: Path, attrs: dict[str, Any
         return ShardProgress(output=output, total=len(groups), finished=len(finished), written=sorted(mine))
     tally, shards = _Tally(), []
     for k in range(len(groups)):
+        remove_stale_lock(shard_path(output, k))  # of a writer killed just after finishing its shard
         skipped = read_empty_marker(output, k)
         if skipped is not None:
             tally.skipped.extend(skipped)

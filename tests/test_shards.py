@@ -72,6 +72,19 @@ def test_a_sharded_corpus_is_the_single_file_corpus(records, single, tmp_path):
     assert len(batches[0]) == len(batches[1]) > 0
     for p, q in zip(*batches):
         assert all(torch.equal(p[k], q[k]) for k in p)
+    # what embed and score read: the same utterances, audio and trials
+    from speakerzoo.inference.file_embedding import load_item
+    from speakerzoo.inference.inputs import find_inputs
+    from speakerzoo.inference.trials import corpus_trials
+
+    found = [find_inputs(path, "utterance", "test") for path in (single, out)]
+    assert [i.utt_id for i in found[0].items] == [i.utt_id for i in found[1].items] and found[1].items
+    assert all(np.array_equal(load_item(a, found[0].corpus, 8000), load_item(b, found[1].corpus, 8000))
+               for a, b in zip(found[0].items, found[1].items))
+    for f in found:
+        f.close()
+    x, y = corpus_trials(out, "utterance", "test"), corpus_trials(single, "utterance", "test")
+    assert (x.enrol, x.test, x.ident) == (y.enrol, y.test, y.ident) and torch.equal(x.labels, y.labels)
     chunked = chunk_corpus(out, tmp_path / "chunks.h5", 2.0, progress=False)
     reference = chunk_corpus(single, tmp_path / "chunks_ref.h5", 2.0, progress=False)
     assert Corpus(chunked).utterance_digests() == Corpus(reference).utterance_digests()

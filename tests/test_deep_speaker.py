@@ -109,7 +109,7 @@ def _brute_force(emb, labels, candidates, cand_labels, offset, margin):
     return negatives, hinges
 
 
-def test_miner_picks_the_hardest_violating_negative_as_brute_force_does():
+def _mining_case():
     gen = torch.Generator().manual_seed(3)
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 3, 3])
     centres = torch.randn(7, 6, generator=gen)
@@ -118,6 +118,11 @@ def test_miner_picks_the_hardest_violating_negative_as_brute_force_does():
     others = F.normalize(torch.randn(7, 6, generator=gen), dim=-1)
     candidates = torch.cat([others[:4], emb, others[4:]])
     cand_labels = torch.cat([torch.tensor([4, 0, 5, 1]), labels, torch.tensor([6, 6, 2])])
+    return emb, labels, candidates, cand_labels
+
+
+def test_miner_picks_the_hardest_violating_negative_as_brute_force_does():
+    emb, labels, candidates, cand_labels = _mining_case()
     for margin in (0.1, 0.5):
         t = mine_hardest(emb, labels, candidates, cand_labels, offset=4)
         negatives, hinges = _brute_force(emb, labels, candidates, cand_labels, 4, margin)
@@ -135,17 +140,6 @@ def test_miner_picks_the_hardest_violating_negative_as_brute_force_does():
         stats = loss_fn(emb, labels)
         assert torch.isclose(stats.loss, torch.tensor(local_hinges).mean(), atol=1e-6)
         assert float(stats.prob_hard) == pytest.approx(sum(n is not None for n in local_neg) / len(local_neg))
-
-
-def _mining_case():
-    gen = torch.Generator().manual_seed(3)
-    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 3, 3])
-    centres = torch.randn(7, 6, generator=gen)
-    emb = F.normalize(centres[labels] + 0.7 * torch.randn(10, 6, generator=gen), dim=-1)
-    others = F.normalize(torch.randn(7, 6, generator=gen), dim=-1)
-    candidates = torch.cat([others[:4], emb, others[4:]])
-    cand_labels = torch.cat([torch.tensor([4, 0, 5, 1]), labels, torch.tensor([6, 6, 2])])
-    return emb, labels, candidates, cand_labels
 
 
 def test_semi_hard_miner_picks_faceNets_negative_as_brute_force_does():

@@ -555,7 +555,7 @@ class Corpus:
         a, b = lo + start, hi if stop is None else min(lo + stop, hi)
         if cache is not None:
             return cache[a:b]
-        k = self.shard_of(i) if self.sharded else 0
+        k = self.shard_of(i)
         base = int(offsets[self.shard_first[k]])
         return self._read(k, name, a - base, b - base, what)
 

@@ -261,7 +261,7 @@ def _decode(job: tuple[int, str, bool], sample_rate: int, normalize: bool, trim:
         return index, None, 0, 0, False, f"decoding failed ({type(err).__name__}: {err})"
 
 
-def _decode_many(fn, jobs: list) -> list:
+def _apply_each(fn, jobs: list) -> list:
     return [fn(job) for job in jobs]
 
 
@@ -275,7 +275,7 @@ def bounded_imap(pool, fn, items: Sequence, chunksize: int, window: int) -> Iter
     """
     pending: collections.deque = collections.deque()
     for start in range(0, len(items), chunksize):
-        pending.append(pool.apply_async(_decode_many, (fn, list(items[start:start + chunksize]))))
+        pending.append(pool.apply_async(_apply_each, (fn, list(items[start:start + chunksize]))))
         if len(pending) >= window:
             yield from pending.popleft().get()
     while pending:

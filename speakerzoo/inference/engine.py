@@ -33,6 +33,7 @@ __all__ = [
     "BUCKET_RATIO",
     "batch_invariant_kernels",
     "bucket_batches",
+    "centre_crop",
     "embed_waveforms",
     "length_batches",
     "min_samples",
@@ -158,6 +159,14 @@ def _as_tensor(wave: Tensor | np.ndarray) -> Tensor:
     return t.float()
 
 
+def centre_crop(wave, samples: int | None):
+    """The middle ``samples`` of a 1-D array or tensor (all of it when shorter, or ``samples`` is ``None``)."""
+    if samples is not None and len(wave) > samples:
+        start = (len(wave) - samples) // 2
+        return wave[start:start + samples]
+    return wave
+
+
 def resolve_batching(model: torch.nn.Module, batching: str) -> str:
     """``"equal"``, ``"padded"`` or ``"crop"`` for ``model`` (``"auto"`` resolved); a ``ValueError``
     for an unknown mode, or for ``"padded"`` with a model whose padding is not exact."""
@@ -184,8 +193,7 @@ def _batch_tensor(waves: list[Tensor], crop: bool) -> tuple[Tensor, Tensor | Non
     if min(sizes) == max(sizes):
         return torch.stack(waves), None
     if crop:
-        n = min(sizes)
-        return torch.stack([w[(len(w) - n) // 2:(len(w) - n) // 2 + n] for w in waves]), None
+        return torch.stack([centre_crop(w, min(sizes)) for w in waves]), None
     return torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), torch.tensor(sizes)
 
 

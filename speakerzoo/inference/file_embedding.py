@@ -26,7 +26,7 @@ from speakerzoo.atomic import same_file_among
 from speakerzoo.audio import AudioError, load_audio
 from speakerzoo.datamodules.corpus import Corpus
 from speakerzoo.embeddings import EmbeddingError, EmbeddingWriter
-from speakerzoo.inference.engine import embed_waveforms, min_samples, resolve_batching
+from speakerzoo.inference.engine import centre_crop, embed_waveforms, min_samples, resolve_batching
 from speakerzoo.inference.inputs import Item, find_inputs
 from speakerzoo.inference.loading import device_from_name, load_model, model_class_path
 from speakerzoo.zoo.registry import sha256_of
@@ -108,14 +108,6 @@ class EmbedSummary:
         return "\n".join(lines)
 
 
-def _crop(wave: np.ndarray, max_samples: int | None) -> np.ndarray:
-    """Centre crop to ``max_samples`` (as the DataModules' evaluation loader does)."""
-    if max_samples is not None and len(wave) > max_samples:
-        start = (len(wave) - max_samples) // 2
-        return wave[start : start + max_samples]
-    return wave
-
-
 def load_item(item: Item, corpus: Corpus | None, sample_rate: int) -> np.ndarray:
     """The audio of ``item`` at ``sample_rate``: from the corpus, or its file (conditioned and checked as in prepare)."""
     if item.corpus_index >= 0:
@@ -175,7 +167,7 @@ def embed_items(
 
         for item in items:
             try:
-                wave = _crop(load_item(item, corpus, sample_rate), max_samples)
+                wave = centre_crop(load_item(item, corpus, sample_rate), max_samples)  # as the evaluation loader does
             except AudioError as err:
                 skipped.append((item.path, err.reason))
                 bar.update(1)
